@@ -1,0 +1,45 @@
+# One-command entry points (the README calls these).
+#   make demo   set up .venv, make the built-in digits, train the tutorial autoencoder,
+#               serve the bundle and answer a real /predict request
+#   make test   set up .venv and run the whole test suite (what CI runs)
+#   make lint   ruff + mypy;   make bench   benchmark scripts -> benchmarks/results/
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU machines take this pinned build; for CUDA: make setup TORCH_SPEC="torch==2.13.0" \
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 (any build >= 2.2 works).
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX_URL ?=
+DEMO_DIR ?= examples/tutorial
+
+.PHONY: setup demo demo-conditional test lint bench clean
+
+$(VENV)/.installed: packages/core/pyproject.toml requirements-dev.txt $(wildcard services/serve/pyproject.toml)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(PY) -m pip install -q -e "packages/core[train]" $(if $(wildcard services/serve/pyproject.toml),-e services/serve) -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash $(DEMO_DIR)/run_demo.sh
+
+demo-conditional: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash $(DEMO_DIR)/run_demo.sh conditional
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy packages/core/src $(wildcard services/serve/src)
+
+bench: setup
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR)/runs $(DEMO_DIR)/data

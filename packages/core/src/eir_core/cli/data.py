@@ -1,0 +1,55 @@
+"""``eir-data``: write the built-in digits, or convert real MNIST files, in EIR's layout."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from eir_core.errors import EirError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="eir-data",
+        allow_abbrev=False,
+        description="Write data sets in the EIR tutorial layout (DIR/mnist_npy/<ID>.npy + DIR/mnist_labels.csv).",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("digits", help="scikit-learn's bundled handwritten digits (real data, no download)")
+    d.add_argument("--output-folder", "--output_folder", required=True, type=Path)
+    d.add_argument("--size", type=int, choices=(8, 28), default=8)
+    d.add_argument("--count", type=int, default=None, help="number of samples (28x28: shifted copies past 1797)")
+    d.add_argument("--seed", type=int, default=0)
+    m = sub.add_parser("mnist", help="convert MNIST IDX files (gz or not) or an .npz you already have")
+    m.add_argument("--source", required=True, type=Path)
+    m.add_argument("--output-folder", "--output_folder", required=True, type=Path)
+    m.add_argument("--split", choices=("train", "test", "all"), default="train")
+    args = p.parse_args(argv)
+    try:
+        from eir_core.data.builtin import make_digits, write_tutorial_layout
+
+        if args.count is not None if args.command == "digits" else False:
+            if args.count < 1:
+                raise EirError("--count must be at least 1")
+        if args.command == "digits":
+            images, labels = make_digits(args.size, args.count, args.seed)
+            start = 10000 if args.size == 8 else 20000
+        else:
+            from eir_core.data.mnist_files import read_mnist
+
+            images, labels = read_mnist(args.source, args.split)
+            start = 0
+        if (args.output_folder / "mnist_npy").exists() and any((args.output_folder / "mnist_npy").iterdir()):
+            raise EirError(f"{args.output_folder}/mnist_npy already has files; choose an empty --output-folder")
+        write_tutorial_layout(args.output_folder, images, labels, start)
+    except EirError as e:
+        print(f"eir-data: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.output_folder}: {len(images)} samples, shape {tuple(images.shape[1:])}, dtype {images.dtype}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

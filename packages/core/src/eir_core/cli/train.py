@@ -1,0 +1,76 @@
+"""``eirtrain``: EIR's training command line (spec section 1) plus --resume / --overwrite."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from eir_core.errors import EirError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="eirtrain",
+        allow_abbrev=False,
+        description="Train a model from EIR-style YAML configs. Extra arguments of the form "
+        "--<file stem>.<section>.<key>=<value> override config values.",
+    )
+    p.add_argument("--global_configs", nargs="+", required=True, type=Path, metavar="YAML")
+    p.add_argument("--input_configs", nargs="*", default=[], type=Path, metavar="YAML")
+    p.add_argument("--output_configs", nargs="+", required=True, type=Path, metavar="YAML")
+    p.add_argument("--fusion_configs", nargs="*", default=[], type=Path, metavar="YAML")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in output_folder")
+    mode.add_argument("--overwrite", action="store_true", help="delete output_folder's run and start over")
+    p.add_argument("--no-pbar", action="store_true", default=None, help="log lines instead of a progress bar")
+    return p
+
+
+def setup_logging(run_dir: Path | None, level: str = "info") -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(fmt)
+    root.addHandler(stream)
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(run_dir / "logging_history.log")
+        fh.setFormatter(fmt)
+        root.addHandler(fh)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        from eir_core.config.load import build_experiment_config
+        from eir_core.train.trainer import Trainer, TrainOptions, run_seed
+
+        cfg = build_experiment_config(
+            args.global_configs, args.input_configs, args.output_configs, args.fusion_configs, extra
+        )
+        g = cfg.global_config
+        setup_logging(None, g.visualization_logging.log_level)
+        no_pbar = True if g.visualization_logging.no_pbar else args.no_pbar
+        trainer = Trainer(
+            cfg, TrainOptions(resume=args.resume, overwrite=args.overwrite, seed=run_seed(), no_pbar=no_pbar)
+        )
+        trainer.setup()
+        setup_logging(trainer.run_dir, g.visualization_logging.log_level)
+        return trainer.train()
+    except EirError as e:
+        print(f"eirtrain: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("eirtrain: aborted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

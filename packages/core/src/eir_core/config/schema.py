@@ -1,0 +1,451 @@
+"""Pydantic models of EIR's config files, with EIR's key names and defaults.
+
+Every model forbids unknown keys, so a typo is an error naming the key (see ``load.py`` for
+the messages). Options that EIR accepts but this project does not implement are still
+accepted as keys; ``unsupported_options`` reports any that is set to a non-default value,
+so a user learns "supported by EIR, not implemented here" instead of "unknown key".
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+# ----------------------------------------------------------------------------- globals
+
+
+class BasicExperimentConfig(Strict):
+    output_folder: str
+    n_epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    # <= 1 is a fraction of the IDs, > 1 a count (EIR casts it to int).
+    valid_size: float = Field(0.1, gt=0)
+    manual_valid_ids_file: str | None = None
+    dataloader_workers: int = Field(0, ge=0)
+    device: str = "cpu"  # deprecated in EIR; accelerator.hardware decides
+    memory_dataset: bool = False
+
+
+class AcceleratorConfig(Strict):
+    hardware: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "32-true"
+    strategy: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+
+
+class GlobalModelConfig(Strict):
+    compile_model: bool = False
+    n_iter_before_swa: int | None = None
+    amp: bool = False
+    pretrained_checkpoint: str | None = None
+    strict_pretrained_loading: bool = True
+
+
+OPTIMIZERS_HERE = ("adabelief", "adabeliefw", "adam", "adamw", "sgdm")
+
+
+class OptimizationConfig(Strict):
+    optimizer: str = "adamw"
+    lr: float = Field(3e-4, gt=0)
+    lr_lb: float = Field(0.0, ge=0)
+    b1: float = Field(0.9, ge=0, lt=1)
+    b2: float = Field(0.999, ge=0, lt=1)
+    wd: float = Field(1e-4, ge=0)
+    gradient_clipping: float | None = Field(1.0, ge=0)
+    gradient_accumulation_steps: int | None = None
+    gradient_noise: float = 0.0
+
+
+class LRScheduleConfig(Strict):
+    find_lr: bool = False
+    lr_schedule: Literal["cycle", "plateau", "same", "cosine"] = "plateau"
+    lr_plateau_patience: int = Field(10, ge=1)
+    lr_plateau_factor: float = Field(0.2, gt=0, lt=1)
+    warmup_steps: Literal["auto"] | int = "auto"
+    plot_lr_schedule: bool = False
+
+
+class TrainingControlConfig(Strict):
+    early_stopping_patience: int = Field(10, ge=0)
+    early_stopping_buffer: int | None = None
+    weighted_sampling_columns: list[str] | None = None
+    mixing_alpha: float = 0.0
+
+
+class EvaluationCheckpointConfig(Strict):
+    sample_interval: int = Field(200, ge=1)
+    saved_result_detail_level: int = Field(5, ge=1, le=5)
+    checkpoint_interval: int | None = Field(None, ge=1)
+    n_saved_models: int = Field(1, ge=1)
+
+
+class AttributionAnalysisConfig(Strict):
+    compute_attributions: bool = False
+    max_attributions_per_class: int | None = None
+    attributions_every_sample_factor: int = 1
+    attribution_background_samples: int = 256
+
+
+class SupervisedMetricsConfig(Strict):
+    cat_metrics: list[str] = ["mcc", "acc", "roc-auc-macro", "ap-macro"]
+    con_metrics: list[str] = ["r2", "pcc", "loss"]
+    cat_averaging_metrics: list[str] | None = None
+    con_averaging_metrics: list[str] | None = None
+
+
+class VisualizationLoggingConfig(Strict):
+    plot_skip_steps: int = Field(200, ge=0)
+    no_pbar: bool = False
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+
+class DataPreparationConfig(Strict):
+    streaming_setup_samples: int = 10000
+    streaming_batch_size: int | None = None
+
+
+class LatentSamplingConfig(Strict):
+    layers_to_sample: list[str]
+    max_samples_for_viz: int | None = Field(10000, ge=1)
+    batch_size_for_saving: int = Field(1000, ge=1)
+
+
+class GlobalConfig(Strict):
+    basic_experiment: BasicExperimentConfig
+    accelerator: AcceleratorConfig = AcceleratorConfig()
+    model: GlobalModelConfig = GlobalModelConfig()
+    optimization: OptimizationConfig = OptimizationConfig()
+    lr_schedule: LRScheduleConfig = LRScheduleConfig()
+    training_control: TrainingControlConfig = TrainingControlConfig()
+    evaluation_checkpoint: EvaluationCheckpointConfig = EvaluationCheckpointConfig()
+    attribution_analysis: AttributionAnalysisConfig = AttributionAnalysisConfig()
+    metrics: SupervisedMetricsConfig = SupervisedMetricsConfig()
+    visualization_logging: VisualizationLoggingConfig = VisualizationLoggingConfig()
+    data_preparation: DataPreparationConfig = DataPreparationConfig()
+    latent_sampling: LatentSamplingConfig | None = None
+
+    @model_validator(mode="after")
+    def _checkpoint_multiple_of_sample(self) -> GlobalConfig:
+        ec = self.evaluation_checkpoint
+        if ec.checkpoint_interval is not None and ec.checkpoint_interval % ec.sample_interval:
+            raise ValueError(
+                f"evaluation_checkpoint.checkpoint_interval ({ec.checkpoint_interval}) must be "
+                f"a multiple of sample_interval ({ec.sample_interval}): a checkpoint is scored "
+                "by the validation that runs at the same iteration"
+            )
+        return self
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class LCLModelInitConfig(Strict):
+    patch_size: list[int] | None = None
+    layers: list[int] | None = None
+    kernel_width: int | Literal["patch"] = 16
+    first_kernel_expansion: int = -2
+    channel_exp_base: int = Field(2, ge=0, le=10)
+    first_channel_expansion: int = Field(1, ge=1)
+    num_lcl_chunks: int | None = None
+    rb_do: float = Field(0.10, ge=0, lt=1)
+    stochastic_depth_p: float = Field(0.0, ge=0, lt=1)
+    l1: float = Field(0.0, ge=0)
+    cutoff: int | Literal["auto"] = 1024
+    direction: Literal["down", "up"] = "down"
+    attention_inclusion_cutoff: int | None = None
+
+    @field_validator("kernel_width")
+    @classmethod
+    def _positive_kernel(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("kernel_width must be >= 1")
+        return v
+
+
+class OutputLCLModelInitConfig(LCLModelInitConfig):
+    # For an output head "auto" means: the output's element count (see model/meta.py).
+    cutoff: int | Literal["auto"] = "auto"
+
+
+def _only_lcl(data: Any, allowed: tuple[str, ...]) -> Any:
+    kind = data.get("model_type", "lcl") if isinstance(data, dict) else "lcl"
+    if kind in allowed and kind != "lcl":
+        raise ValueError(f"supported by EIR, not implemented here: model_type={kind}")
+    return data
+
+
+class ArrayModelConfig(Strict):
+    model_type: Literal["lcl", "cnn", "transformer"] = "lcl"
+    model_init_config: LCLModelInitConfig = LCLModelInitConfig()
+    pre_normalization: Literal["instancenorm", "layernorm"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lcl_only(cls, data: Any) -> Any:
+        return _only_lcl(data, ("cnn", "transformer"))
+
+
+class TabularModelInitConfig(Strict):
+    l1: float = Field(0.0, ge=0)
+    fc_layer: bool = False
+
+
+class TabularModelConfig(Strict):
+    model_type: Literal["tabular"] = "tabular"
+    model_init_config: TabularModelInitConfig = TabularModelInitConfig()
+
+
+# ----------------------------------------------------------------------------- inputs
+
+INPUT_TYPES = ("omics", "tabular", "sequence", "image", "bytes", "array")
+
+
+class InputInfo(Strict):
+    input_source: str
+    input_name: str
+    input_type: Literal["omics", "tabular", "sequence", "image", "bytes", "array"]
+    input_inner_key: str | None = None
+
+
+class ArrayInputTypeInfo(Strict):
+    normalization: Literal["element", "channel"] | None = "channel"
+    adaptive_normalization_max_samples: int | None = Field(None, ge=1)
+    mixing_subtype: Literal["mixup", "cutmix-block", "cutmix-uniform"] = "mixup"
+    modality_dropout_rate: float = Field(0.0, ge=0, le=1)
+
+
+class TabularInputTypeInfo(Strict):
+    input_cat_columns: list[str] = []
+    input_con_columns: list[str] = []
+    label_parsing_chunk_size: int | None = None
+    mixing_subtype: Literal["mixup"] = "mixup"
+    modality_dropout_rate: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _columns(self) -> TabularInputTypeInfo:
+        both = set(self.input_cat_columns) & set(self.input_con_columns)
+        if both:
+            raise ValueError(f"columns listed as both categorical and continuous: {sorted(both)}")
+        if not self.input_cat_columns and not self.input_con_columns:
+            raise ValueError("a tabular input needs input_cat_columns or input_con_columns")
+        return self
+
+
+class _InputConfigBase(Strict):
+    input_info: InputInfo
+    pretrained_config: dict[str, Any] | None = None
+    interpretation_config: dict[str, Any] | None = None
+    tensor_broker_config: dict[str, Any] | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @property
+    def name(self) -> str:
+        return self.input_info.input_name
+
+    @property
+    def type(self) -> str:
+        return self.input_info.input_type
+
+
+class ArrayInputConfig(_InputConfigBase):
+    input_type_info: ArrayInputTypeInfo = ArrayInputTypeInfo()
+    model_config_: ArrayModelConfig = Field(ArrayModelConfig(), alias="model_config")
+
+
+class TabularInputConfig(_InputConfigBase):
+    input_type_info: TabularInputTypeInfo
+    model_config_: TabularModelConfig = Field(TabularModelConfig(), alias="model_config")
+
+
+def _input_kind(value: Any) -> str | None:
+    info = value.get("input_info") if isinstance(value, dict) else value.input_info
+    kind = info.get("input_type") if isinstance(info, dict) else getattr(info, "input_type", None)
+    return kind if kind in ("array", "tabular") else None
+
+
+InputConfig = Annotated[
+    Annotated[ArrayInputConfig, Tag("array")] | Annotated[TabularInputConfig, Tag("tabular")],
+    Discriminator(_input_kind),
+]
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+class OutputInfo(Strict):
+    output_source: str
+    output_name: str
+    output_type: Literal["tabular", "sequence", "array", "image", "survival"]
+    output_inner_key: str | None = None
+
+
+class ArrayOutputTypeInfo(Strict):
+    normalization: Literal["element", "channel"] | None = "channel"
+    adaptive_normalization_max_samples: int | None = Field(None, ge=1)
+    loss: Literal["mse", "diffusion"] = "mse"
+    diffusion_time_steps: int | None = 500
+    diffusion_beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"] = "linear"
+
+
+class ArrayOutputModelConfig(Strict):
+    model_type: Literal["lcl", "cnn"] = "lcl"
+    model_init_config: OutputLCLModelInitConfig = OutputLCLModelInitConfig()
+    pre_normalization: Literal["instancenorm", "layernorm"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lcl_only(cls, data: Any) -> Any:
+        return _only_lcl(data, ("cnn",))
+
+
+class ArrayOutputSamplingConfig(Strict):
+    manual_inputs: list[dict[str, Any]] = []
+    n_eval_inputs: int = Field(10, ge=0)
+    diffusion_inference_steps: int = 500
+    diffusion_sampler: Literal["ddpm", "ddim", "dpm_solver"] = "ddpm"
+    diffusion_eta: float = 0.2
+
+
+class OutputConfig(Strict):
+    output_info: OutputInfo
+    output_type_info: ArrayOutputTypeInfo = ArrayOutputTypeInfo()
+    model_config_: ArrayOutputModelConfig = Field(ArrayOutputModelConfig(), alias="model_config")
+    sampling_config: ArrayOutputSamplingConfig = ArrayOutputSamplingConfig()
+    tensor_broker_config: dict[str, Any] | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @property
+    def name(self) -> str:
+        return self.output_info.output_name
+
+
+# ----------------------------------------------------------------------------- fusion
+
+
+class ResidualMLPConfig(Strict):
+    layers: list[int] = [2]
+    fc_task_dim: int = Field(256, ge=1)
+    rb_do: float = Field(0.10, ge=0, lt=1)
+    fc_do: float = Field(0.10, ge=0, lt=1)
+    stochastic_depth_p: float = Field(0.10, ge=0, lt=1)
+
+    @field_validator("layers")
+    @classmethod
+    def _one_entry(cls, v: list[int]) -> list[int]:
+        if len(v) != 1 or v[0] < 1:
+            raise ValueError("layers must be a list with one positive block count, e.g. [2]")
+        return v
+
+
+class FusionConfig(Strict):
+    model_type: Literal["mlp-residual", "identity", "mgmoe", "pass-through", "linear", "attention"] = "mlp-residual"
+    model_config_: ResidualMLPConfig = Field(ResidualMLPConfig(), alias="model_config")
+    tensor_broker_config: dict[str, Any] | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# ----------------------------------------------------------------------------- the whole
+
+
+class ExperimentConfig(BaseModel):
+    """Everything one training run is built from, after files and overrides are merged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    global_config: GlobalConfig
+    input_configs: list[InputConfig]
+    output_configs: list[OutputConfig]
+    fusion_config: FusionConfig = FusionConfig()
+
+
+def _set_options(model: BaseModel, prefix: str) -> list[tuple[str, Any]]:
+    """Every (dotted key, value) in ``model`` whose value differs from the field default."""
+    out: list[tuple[str, Any]] = []
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        key = f"{prefix}{field.alias or name}"
+        if isinstance(value, BaseModel):
+            out.extend(_set_options(value, key + "."))
+        elif not field.is_required() and value != field.default:
+            out.append((key, value))
+    return out
+
+
+# EIR options this project accepts as keys but does not implement, with the value that
+# means "off". Any other value is refused with a message saying exactly that.
+_GLOBAL_UNSUPPORTED: dict[str, Any] = {
+    "model.compile_model": False,
+    "model.n_iter_before_swa": None,
+    "model.amp": False,
+    "model.pretrained_checkpoint": None,
+    "optimization.gradient_accumulation_steps": None,
+    "optimization.gradient_noise": 0.0,
+    "lr_schedule.find_lr": False,
+    "lr_schedule.plot_lr_schedule": False,
+    "training_control.weighted_sampling_columns": None,
+    "training_control.mixing_alpha": 0.0,
+    "attribution_analysis.compute_attributions": False,
+    "accelerator.strategy": "auto",
+    "accelerator.num_nodes": 1,
+}
+
+
+def unsupported_options(cfg: ExperimentConfig) -> list[str]:
+    """Human-readable 'KEY=VALUE' entries for EIR options set to values not built here."""
+    found: list[str] = []
+    g = cfg.global_config
+    for key, value in _set_options(g, ""):
+        if key in _GLOBAL_UNSUPPORTED and value != _GLOBAL_UNSUPPORTED[key]:
+            found.append(f"globals: {key}={value!r}")
+    if g.lr_schedule.lr_schedule == "cycle":
+        found.append("globals: lr_schedule.lr_schedule='cycle'")
+    if g.optimization.optimizer not in OPTIMIZERS_HERE:
+        found.append(f"globals: optimization.optimizer={g.optimization.optimizer!r}")
+    if g.accelerator.precision not in ("32-true", "32"):
+        found.append(f"globals: accelerator.precision={g.accelerator.precision!r}")
+    for ic in cfg.input_configs:
+        where = f"input {ic.name!r}"
+        if isinstance(ic, ArrayInputConfig):
+            mc = ic.model_config_
+            if mc.model_type != "lcl":
+                found.append(f"{where}: model_config.model_type={mc.model_type!r}")
+            if mc.pre_normalization is not None:
+                found.append(f"{where}: model_config.pre_normalization={mc.pre_normalization!r}")
+            if ic.input_type_info.mixing_subtype != "mixup":
+                found.append(f"{where}: input_type_info.mixing_subtype={ic.input_type_info.mixing_subtype!r}")
+        for key in ("pretrained_config", "interpretation_config", "tensor_broker_config"):
+            if getattr(ic, key) is not None:
+                found.append(f"{where}: {key}")
+    for oc in cfg.output_configs:
+        where = f"output {oc.name!r}"
+        if oc.output_info.output_type != "array":
+            found.append(f"{where}: output_info.output_type={oc.output_info.output_type!r}")
+        if oc.output_type_info.loss != "mse":
+            found.append(f"{where}: output_type_info.loss={oc.output_type_info.loss!r}")
+        if oc.model_config_.model_type != "lcl":
+            found.append(f"{where}: model_config.model_type={oc.model_config_.model_type!r}")
+        if oc.model_config_.pre_normalization is not None:
+            found.append(f"{where}: model_config.pre_normalization")
+        if oc.tensor_broker_config is not None:
+            found.append(f"{where}: tensor_broker_config")
+    if cfg.fusion_config.model_type != "mlp-residual":
+        found.append(f"fusion: model_type={cfg.fusion_config.model_type!r}")
+    return found

@@ -1,0 +1,232 @@
+"""From validated configs to tensors: sample IDs, the train/valid split, statistics, batches.
+
+IDs follow EIR: the sample universe is the union of the output sources' IDs; inputs are
+matched by ID string. IDs with none of their inputs are dropped; IDs missing some inputs
+are kept and those inputs imputed (see ``eir_core.imputation``). Both counts are logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eir_core.config.schema import ArrayInputConfig, ExperimentConfig, TabularInputConfig
+from eir_core.data.arrays import ArraySource, open_array_source
+from eir_core.data.normalization import NormStats, compute_stats
+from eir_core.data.tabular import TabularEncoding, fit_encoding, read_table
+from eir_core.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def split_ids(ids: list[str], valid_size: float, seed: int) -> tuple[list[str], list[str]]:
+    """Sorted IDs split exactly as scikit-learn's ``train_test_split(test_size, random_state)``.
+
+    A fraction (<= 1) takes ``ceil(valid_size * n)`` IDs, a larger number that many.
+    """
+    ids = sorted(ids)
+    n = len(ids)
+    n_valid = math.ceil(valid_size * n) if valid_size <= 1 else int(valid_size)
+    if not 0 < n_valid < n:
+        raise DataError(
+            f"basic_experiment.valid_size={valid_size} leaves {n - n_valid} training and "
+            f"{n_valid} validation samples out of {n}; choose a size between 1 and {n - 1}"
+        )
+    perm = np.random.RandomState(seed).permutation(n)
+    valid = [ids[i] for i in perm[:n_valid]]
+    train = [ids[i] for i in perm[n_valid:]]
+    return train, valid
+
+
+def manual_split(ids: list[str], valid_file: Path) -> tuple[list[str], list[str]]:
+    if not valid_file.is_file():
+        raise DataError(f"basic_experiment.manual_valid_ids_file: {valid_file} not found")
+    wanted = [line.strip() for line in valid_file.read_text().splitlines() if line.strip()]
+    known = set(ids)
+    unknown = [v for v in wanted if v not in known]
+    if unknown:
+        raise DataError(f"{valid_file}: IDs not in the data: {', '.join(unknown[:10])}")
+    valid_set = set(wanted)
+    return sorted(i for i in ids if i not in valid_set), sorted(valid_set)
+
+
+@dataclass
+class ArrayColumn:
+    """One array input or output over the run's IDs: presence, stats and values."""
+
+    name: str
+    source: ArraySource
+    rows: np.ndarray  # run index -> row in source (-1 = missing)
+    stats: NormStats
+    preloaded: torch.Tensor | None = None  # (N, C, H, W) normalized float32 (NaN if missing)
+
+    @property
+    def present(self) -> np.ndarray:
+        return self.rows >= 0
+
+    def get(self, idx: np.ndarray) -> torch.Tensor:
+        if self.preloaded is not None:
+            return self.preloaded[torch.from_numpy(idx)]
+        return self._load(idx)
+
+    def _load(self, idx: np.ndarray) -> torch.Tensor:
+        rows = self.rows[idx]
+        out = torch.full((len(idx), *self.source.shape), float("nan"))
+        have = np.nonzero(rows >= 0)[0]
+        if have.size:
+            raw = self.source.read(rows[have])
+            out[torch.from_numpy(have)] = self.stats.normalize(torch.from_numpy(raw.astype(np.float32)))
+        return out
+
+    def preload(self) -> None:
+        self.preloaded = self._load(np.arange(len(self.rows)))
+
+
+@dataclass
+class TabularColumn:
+    name: str
+    encoding: TabularEncoding
+    cat: torch.Tensor  # (N, n_cat) int64
+    con: torch.Tensor  # (N, n_con) float32
+    present_mask: np.ndarray
+
+    @property
+    def present(self) -> np.ndarray:
+        return self.present_mask
+
+    def get(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        t = torch.from_numpy(idx)
+        return {"cat": self.cat[t], "con": self.con[t]}
+
+
+@dataclass
+class RunData:
+    ids: list[str]
+    train_idx: np.ndarray
+    valid_idx: np.ndarray
+    inputs: dict[str, ArrayColumn | TabularColumn]
+    outputs: dict[str, ArrayColumn]
+    stats_by_key: dict[tuple[str, str | None, int | None], NormStats] = field(default_factory=dict)
+
+    def batch(self, idx: np.ndarray) -> tuple[dict[str, object], dict[str, torch.Tensor], dict[str, np.ndarray]]:
+        """(model inputs, normalized targets, input presence masks) for run indices ``idx``."""
+        inputs = {name: col.get(idx) for name, col in self.inputs.items()}
+        targets = {name: col.get(idx) for name, col in self.outputs.items()}
+        present = {name: col.present[idx] for name, col in self.inputs.items()}
+        return inputs, targets, present
+
+
+def _rows_for(ids: list[str], lookup: dict[str, int]) -> np.ndarray:
+    return np.array([lookup.get(i, -1) for i in ids], dtype=np.int64)
+
+
+def build_run_data(cfg: ExperimentConfig, seed: int) -> RunData:
+    ge = cfg.global_config.basic_experiment
+    sources: dict[str, ArraySource] = {}
+
+    def source(path: str) -> ArraySource:
+        key = str(Path(path).resolve())
+        if key not in sources:
+            sources[key] = open_array_source(Path(path))
+        return sources[key]
+
+    out_sources = {oc.name: source(oc.output_info.output_source) for oc in cfg.output_configs}
+    universe = sorted(set().union(*(s.ids for s in out_sources.values())))
+
+    tables = {}
+    input_ids: dict[str, set[str]] = {}
+    for ic in cfg.input_configs:
+        if isinstance(ic, TabularInputConfig):
+            ti = ic.input_type_info
+            tables[ic.name] = read_table(Path(ic.input_info.input_source), ti.input_cat_columns, ti.input_con_columns)
+            input_ids[ic.name] = set(tables[ic.name].ids)
+        else:
+            input_ids[ic.name] = set(source(ic.input_info.input_source).ids)
+    with_any = [i for i in universe if any(i in s for s in input_ids.values())]
+    dropped = len(universe) - len(with_any)
+    if not with_any:
+        raise DataError(
+            "the inputs and outputs share no sample ID: IDs come from the output sources "
+            f"({', '.join(out_sources)}) and are matched to input files by name/ID column"
+        )
+    n_partial = sum(1 for i in with_any if not all(i in s for s in input_ids.values()))
+    if dropped:
+        log.warning("%d of %d output IDs have no input at all and were dropped", dropped, len(universe))
+    if n_partial:
+        log.warning("%d IDs lack some inputs; those inputs are imputed", n_partial)
+    ids = with_any
+
+    if ge.manual_valid_ids_file:
+        train_ids, valid_ids = manual_split(ids, Path(ge.manual_valid_ids_file))
+    else:
+        train_ids, valid_ids = split_ids(ids, ge.valid_size, seed)
+    pos = {sid: i for i, sid in enumerate(ids)}
+    train_idx = np.array(sorted(pos[i] for i in train_ids), dtype=np.int64)
+    valid_idx = np.array(sorted(pos[i] for i in valid_ids), dtype=np.int64)
+
+    stats_cache: dict[tuple[str, str | None, int | None], NormStats] = {}
+
+    def stats_for(src: ArraySource, rows: np.ndarray, kind: str | None, max_n: int | None) -> NormStats:
+        key = (str(src.source.resolve()), kind, max_n)
+        if key not in stats_cache:
+            train_rows = rows[train_idx]
+            train_rows = train_rows[train_rows >= 0][: max_n or None]
+            stats_cache[key] = compute_stats(src.read(train_rows), kind)
+            if kind and float(stats_cache[key].std.min()) < 1e-10:
+                log.warning("%s: a standard deviation is ~0; normalized values may be large", src.source)
+        return stats_cache[key]
+
+    columns: dict[tuple[str, str | None, int | None], ArrayColumn] = {}
+
+    def array_column(name: str, src: ArraySource, kind: str | None, max_n: int | None) -> ArrayColumn:
+        rows = _rows_for(ids, src.index_of())
+        stats = stats_for(src, rows, kind, max_n)
+        key = (str(src.source.resolve()), kind, max_n)
+        col = ArrayColumn(name=name, source=src, rows=rows, stats=stats)
+        if ge.memory_dataset:
+            # An input and an output on the same files share one tensor.
+            if key not in columns:
+                col.preload()
+                columns[key] = col
+            col.preloaded = columns[key].preloaded
+        return col
+
+    inputs: dict[str, ArrayColumn | TabularColumn] = {}
+    for ic in cfg.input_configs:
+        if isinstance(ic, ArrayInputConfig):
+            ti = ic.input_type_info
+            src = source(ic.input_info.input_source)
+            inputs[ic.name] = array_column(ic.name, src, ti.normalization, ti.adaptive_normalization_max_samples)
+        else:
+            table = tables[ic.name]
+            rows = _rows_for(ids, {sid: i for i, sid in enumerate(table.ids)})
+            enc = fit_encoding(table, rows[train_idx][rows[train_idx] >= 0])
+            inputs[ic.name] = _tabular_column(ic.name, table, enc, rows)
+    outputs = {}
+    for oc in cfg.output_configs:
+        ti = oc.output_type_info
+        outputs[oc.name] = array_column(
+            oc.name, out_sources[oc.name], ti.normalization, ti.adaptive_normalization_max_samples
+        )
+    return RunData(ids, train_idx, valid_idx, inputs, outputs, stats_cache)
+
+
+def _tabular_column(name: str, table: object, enc: TabularEncoding, rows: np.ndarray) -> TabularColumn:
+    from eir_core.data.tabular import NULL, TabularTable
+
+    assert isinstance(table, TabularTable)
+    present = rows >= 0
+    cat = np.zeros((len(rows), len(enc.cat_columns)), dtype=np.int64)
+    for j, c in enumerate(enc.cat_columns):
+        values = [table.cat[c][r] if r >= 0 else NULL for r in rows]
+        cat[:, j] = enc.cat_codes(c, values)
+    con = np.zeros((len(rows), len(enc.con_columns)), dtype=np.float32)
+    for j, c in enumerate(enc.con_columns):
+        raw = np.where(present, table.con[c][np.maximum(rows, 0)], np.nan)
+        con[:, j] = enc.con_values(c, raw)
+    return TabularColumn(name, enc, torch.from_numpy(cat), torch.from_numpy(con), present)

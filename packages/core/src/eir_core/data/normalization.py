@@ -1,0 +1,58 @@
+"""Normalization statistics of array sources: channel (C,1,1) or element (C,H,W) mean/std.
+
+Applied as ``(x - mean) / (std + 1e-10)`` to inputs and targets; inverted on outputs.
+Unlike EIR, statistics come from the training split only (no validation leakage), from the
+first ``max_samples`` training IDs in sorted order (no off-by-one), in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+EPS = 1e-10
+
+
+@dataclass
+class NormStats:
+    kind: str | None  # "channel", "element" or None (identity)
+    mean: np.ndarray  # float32, broadcastable to (C, H, W)
+    std: np.ndarray
+
+    @classmethod
+    def identity(cls, shape: tuple[int, int, int]) -> NormStats:
+        return cls(None, np.zeros((shape[0], 1, 1), np.float32), np.ones((shape[0], 1, 1), np.float32))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.as_tensor(self.mean, device=x.device)
+        std = torch.as_tensor(self.std, device=x.device)
+        x = torch.where(torch.isnan(x), mean.expand_as(x), x)
+        return (x - mean) / (std + EPS)
+
+    def denormalize(self, y: torch.Tensor) -> torch.Tensor:
+        mean = torch.as_tensor(self.mean, device=y.device)
+        std = torch.as_tensor(self.std, device=y.device)
+        return y * (std + EPS) + mean
+
+
+def compute_stats(arrays: np.ndarray, kind: str | None) -> NormStats:
+    """Statistics of ``arrays`` shaped (N, C, H, W); NaNs are ignored."""
+    c = arrays.shape[1]
+    if kind is None:
+        return NormStats.identity(arrays.shape[1:])  # type: ignore[arg-type]
+    x = arrays.astype(np.float64, copy=False)
+    if kind == "channel":
+        axes: tuple[int, ...] = (0, 2, 3)
+    elif kind == "element":
+        axes = (0,)
+    else:
+        raise ValueError(f"unknown normalization {kind!r}")
+    mean = np.nanmean(x, axis=axes, keepdims=True)[0]
+    std = np.nanstd(x, axis=axes, keepdims=True)[0]
+    std = np.nan_to_num(std, nan=1.0)
+    mean = np.nan_to_num(mean, nan=0.0)
+    if kind == "channel":
+        mean, std = mean.reshape(c, 1, 1), std.reshape(c, 1, 1)
+    return NormStats(kind, mean.astype(np.float32), std.astype(np.float32))

@@ -1,0 +1,119 @@
+"""Checkpoints (bundles under ``saved_models/``) and the resume state beside them.
+
+A checkpoint is a full bundle named as EIR names its checkpoints, with the
+``.safetensors`` suffix: ``<run>_checkpoint_<iter>_perf-average=<x.xxxx>.safetensors``.
+Only the ``n_saved_models`` best-scoring interval checkpoints are kept; the final one is
+always written and kept. The resume state (weights, optimizer, schedule, RNG, iteration) is
+``resume/state.safetensors``: tensors plus JSON, no pickle, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+
+from eir_core.bundle import atomic_write_bytes
+from eir_core.errors import RunFolderError
+
+CKPT_RE = re.compile(r"_checkpoint_(\d+)_perf-average=(-?[0-9.]+(?:e-?\d+)?)\.safetensors$")
+
+
+def checkpoint_name(run_name: str, iteration: int, perf: float) -> str:
+    return f"{run_name}_checkpoint_{iteration}_perf-average={perf:.4f}.safetensors"
+
+
+@dataclass
+class CheckpointKeeper:
+    folder: Path
+    run_name: str
+    n_keep: int
+    kept: list[tuple[float, int, Path]] = field(default_factory=list)  # (perf, iter, path)
+
+    def scan(self) -> None:
+        self.kept = []
+        for p in self.folder.glob("*.safetensors"):
+            m = CKPT_RE.search(p.name)
+            if m:
+                self.kept.append((float(m.group(2)), int(m.group(1)), p))
+
+    def is_better(self, perf: float) -> bool:
+        if len(self.kept) < self.n_keep:
+            return True
+        return perf > min(k[0] for k in self.kept)
+
+    def add(self, path: Path, iteration: int, perf: float, protect: bool = False) -> None:
+        """Register a written checkpoint and delete those past ``n_keep`` (never ``path``)."""
+        self.kept = [k for k in self.kept if k[2] != path]
+        self.kept.append((perf, iteration, path))
+        ranked = sorted(self.kept, key=lambda k: (k[0], k[1]), reverse=True)
+        keep = ranked[: self.n_keep]
+        if protect and all(k[2] != path for k in keep):
+            keep.append((perf, iteration, path))
+        for k in self.kept:
+            if k not in keep:
+                k[2].unlink(missing_ok=True)
+        self.kept = keep
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entry in state["state"].items():
+        for k, v in entry.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"opt.{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def save_resume_state(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any]
+) -> None:
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update(opt_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {"info": json.dumps(info), "optimizer": json.dumps(opt_meta, default=_json_default)}
+    atomic_write_bytes(path, st_save(tensors, metadata=meta))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, tuple):
+        return list(o)
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"cannot store {type(o).__name__} in the resume state")
+
+
+def load_resume_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    if not path.is_file():
+        raise RunFolderError(f"{path}: no resume state; this run cannot be resumed (use --overwrite to start over)")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    opt_meta = json.loads(meta["optimizer"])
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for idx, entries in opt_meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(entries)
+    groups = opt_meta["param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    torch.set_rng_state(tensors["rng.torch"])
+    info: dict[str, Any] = json.loads(meta["info"])
+    return info

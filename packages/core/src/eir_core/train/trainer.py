@@ -1,0 +1,486 @@
+"""The training run: ``setup`` -> ``train`` (validate, sample, checkpoint) -> final bundle.
+
+Reads like an outline on purpose; the pieces live in ``data/``, ``model/`` and the sibling
+modules. Differences from EIR worth knowing (all deliberate):
+* validation and a checkpoint always happen at the last iteration, so the end of training is
+  evaluated and servable even when it falls between intervals;
+* Ctrl-C / SIGTERM finish the current step, write a checkpoint and the resume state, then
+  exit with 130 / 143;
+* checkpoints are safetensors bundles, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from eir_core.config.schema import ArrayInputConfig, ExperimentConfig
+from eir_core.data.dataset import ArrayColumn, RunData, TabularColumn, build_run_data
+from eir_core.errors import ConfigError, RunFolderError
+from eir_core.imputation import impute_array_, impute_tabular_, modality_dropout, null_codes
+from eir_core.model.meta import InputSpec, MetaModel, ModelSpec, OutputSpec
+from eir_core.predict import resolve_device
+from eir_core.train.checkpoint import CheckpointKeeper, checkpoint_name, load_resume_state, save_resume_state
+from eir_core.train.latents import LatentRecorder
+from eir_core.train.optim import LRSchedule, build_optimizer
+from eir_core.train.progress import Progress
+from eir_core.train.sampling import SampleWriter
+
+log = logging.getLogger("eir_core.train")
+
+
+@dataclass
+class TrainOptions:
+    resume: bool = False
+    overwrite: bool = False
+    seed: int = 0
+    no_pbar: bool | None = None
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, has_nan: bool) -> torch.Tensor:
+    if not has_nan:
+        return torch.nn.functional.mse_loss(pred, target)
+    mask = ~torch.isnan(target)
+    return ((pred - torch.nan_to_num(target)) ** 2 * mask).sum() / mask.sum().clamp(min=1)
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig, options: TrainOptions) -> None:
+        self.cfg = cfg
+        self.opts = options
+        g = cfg.global_config
+        self.run_dir = Path(g.basic_experiment.output_folder)
+        self.run_name = self.run_dir.name
+        self.stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        self._prepare_run_folder()
+        torch.manual_seed(self.opts.seed)
+        self.rng = np.random.default_rng(self.opts.seed)
+        self.device = self._device()
+        t0 = time.perf_counter()
+        self.data: RunData = build_run_data(self.cfg, self.opts.seed)
+        log.info(
+            "data: %d train, %d valid samples (%.2fs)",
+            len(self.data.train_idx),
+            len(self.data.valid_idx),
+            time.perf_counter() - t0,
+        )
+        self.spec = self._model_spec()
+        self.model = MetaModel(self.spec).to(self.device)
+        self.latents = LatentRecorder.create(self.model, self.cfg.global_config.latent_sampling, self.run_dir)
+        g = self.cfg.global_config
+        self.batch_size = g.basic_experiment.batch_size
+        n_train = len(self.data.train_idx)
+        self.drop_last = n_train >= self.batch_size
+        self.iters_per_epoch = n_train // self.batch_size if self.drop_last else 1
+        self.total_iters = self.iters_per_epoch * g.basic_experiment.n_epochs
+        self.optimizer = build_optimizer(self.model, g.optimization)
+        self.schedule = LRSchedule(self.optimizer, g.lr_schedule, g.optimization, self.total_iters)
+        self.keeper = CheckpointKeeper(
+            self.run_dir / "saved_models", self.run_name, g.evaluation_checkpoint.n_saved_models
+        )
+        self.samples = SampleWriter(self, self.run_dir)
+        self.iteration = 0
+        self.best_perf: float | None = None
+        self.rounds_without_improvement = 0
+        self.train_history: list[tuple[int, float]] = []
+        self.valid_history: list[tuple[int, float, float]] = []
+        self.output_history: dict[str, list[tuple[int, float, float | None]]] = {o: [] for o in self.data.outputs}
+        self._has_nan = {n: not bool(c.present.all()) for n, c in self.data.outputs.items()}
+        self._null_codes = {
+            n: null_codes(c.encoding) for n, c in self.data.inputs.items() if isinstance(c, TabularColumn)
+        }
+        self._dropout = {ic.name: ic.input_type_info.modality_dropout_rate for ic in self.cfg.input_configs}
+        if self.opts.resume:
+            self._resume()
+        self._write_configs()
+        n_params = sum(p.numel() for p in self.model.parameters())
+        (self.run_dir / "model_architecture").mkdir(exist_ok=True)
+        (self.run_dir / "model_architecture" / "model_info.txt").write_text(f"{self.model}\n\nparameters: {n_params}\n")
+        log.info(
+            "model: %d parameters on %s; %d iterations (%d per epoch)",
+            n_params,
+            self.device,
+            self.total_iters,
+            self.iters_per_epoch,
+        )
+
+    def _device(self) -> torch.device:
+        acc = self.cfg.global_config.accelerator.hardware
+        legacy = self.cfg.global_config.basic_experiment.device
+        wanted = legacy if acc == "auto" and legacy not in ("cpu",) else acc
+        try:
+            return resolve_device(wanted)
+        except ValueError as e:
+            raise ConfigError(f"globals: accelerator.hardware: {e}") from None
+
+    def _prepare_run_folder(self) -> None:
+        d = self.run_dir
+        used = d.exists() and any(d.iterdir())
+        if used and self.opts.overwrite:
+            shutil.rmtree(d)
+        elif used and not self.opts.resume:
+            raise RunFolderError(
+                f"{d}: the run folder already has a run in it. Pass --resume to continue it, "
+                "--overwrite to delete it and start over, or choose another "
+                "basic_experiment.output_folder"
+            )
+        elif self.opts.resume and not (d / "resume" / "state.safetensors").is_file():
+            raise RunFolderError(f"{d}: nothing to resume (no resume/state.safetensors); drop --resume")
+        (d / "saved_models").mkdir(parents=True, exist_ok=True)
+
+    def _model_spec(self) -> ModelSpec:
+        inputs = []
+        for ic in self.cfg.input_configs:
+            col = self.data.inputs[ic.name]
+            if isinstance(ic, ArrayInputConfig):
+                assert isinstance(col, ArrayColumn)
+                inputs.append(
+                    InputSpec(
+                        name=ic.name, type="array", shape=col.source.shape, lcl=ic.model_config_.model_init_config
+                    )
+                )
+            else:
+                assert isinstance(col, TabularColumn)
+                enc = col.encoding
+                inputs.append(
+                    InputSpec(
+                        name=ic.name,
+                        type="tabular",
+                        cat_cardinalities={c: len(enc.categories[c]) for c in enc.cat_columns},
+                        n_con=len(enc.con_columns),
+                    )
+                )
+        outputs = [
+            OutputSpec(
+                name=oc.name, shape=self.data.outputs[oc.name].source.shape, lcl=oc.model_config_.model_init_config
+            )
+            for oc in self.cfg.output_configs
+        ]
+        return ModelSpec(inputs=inputs, outputs=outputs, fusion=self.cfg.fusion_config.model_config_)
+
+    def _write_configs(self) -> None:
+        d = self.run_dir / "configs"
+        d.mkdir(exist_ok=True)
+        dump = self.cfg.model_dump(mode="json", by_alias=True)
+        for key, name in [
+            ("global_config", "global_config"),
+            ("input_configs", "input_configs"),
+            ("output_configs", "output_configs"),
+            ("fusion_config", "fusion_config"),
+        ]:
+            (d / f"{name}.yaml").write_text(yaml.safe_dump(dump[key], sort_keys=False))
+        meta = self.run_dir / "meta"
+        meta.mkdir(exist_ok=True)
+        from eir_core import __version__
+
+        (meta / "eir_core_version.txt").write_text(__version__ + "\n")
+
+    # ------------------------------------------------------------------ manifest
+    def manifest(self, iteration: int, perf: float, valid_loss: float) -> dict[str, Any]:
+        inputs: list[dict[str, Any]] = []
+        for ic in self.cfg.input_configs:
+            col = self.data.inputs[ic.name]
+            entry: dict[str, Any] = {"name": ic.name, "type": ic.type, "modality_dropout_rate": self._dropout[ic.name]}
+            if isinstance(col, ArrayColumn):
+                entry.update(
+                    shape=list(col.source.shape),
+                    dtype=col.source.dtype.str,
+                    original_shape=list(col.source.original_shape),
+                    normalization=col.stats.kind,
+                )
+            else:
+                entry.update(col.encoding.to_json())
+            inputs.append(entry)
+        outputs = [
+            {
+                "name": n,
+                "type": "array",
+                "shape": list(c.source.shape),
+                "dtype": "<f4",
+                "source_dtype": c.source.dtype.str,
+                "original_shape": list(c.source.original_shape),
+                "normalization": c.stats.kind,
+            }
+            for n, c in self.data.outputs.items()
+        ]
+        return {
+            "run_name": self.run_name,
+            "model_spec": self.spec.model_dump(mode="json"),
+            "configs": self.cfg.model_dump(mode="json", by_alias=True),
+            "inputs": inputs,
+            "outputs": outputs,
+            "training": {
+                "iteration": iteration,
+                "perf_average": perf,
+                "validation_loss": valid_loss,
+                "elapsed_s": round(time.perf_counter() - self.t_start, 2),
+                "world_size": 1,
+                "seed": self.opts.seed,
+            },
+        }
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> int:
+        self.t_start = time.perf_counter()
+        self._install_signal_handlers()
+        ec = self.cfg.global_config.evaluation_checkpoint
+        progress = Progress(self.total_iters, self.iteration, self.opts.no_pbar)
+        loss_sum, loss_n = 0.0, 0
+        stopped_early = False
+        self.model.train()
+        epoch = self.iteration // self.iters_per_epoch
+        while self.iteration < self.total_iters and self.stop_signal is None and not stopped_early:
+            order = self._epoch_order(epoch)
+            start = (self.iteration % self.iters_per_epoch) * self.batch_size
+            for b in range(
+                start, self.iters_per_epoch * self.batch_size if self.drop_last else len(order), self.batch_size
+            ):
+                loss = self._step(order[b : b + self.batch_size])
+                self.iteration += 1
+                self.train_history.append((self.iteration, loss))
+                loss_sum, loss_n = loss_sum + loss, loss_n + 1
+                progress.update(self.iteration, loss)
+                last = self.iteration >= self.total_iters
+                if self.iteration % ec.sample_interval == 0 or last or self.stop_signal is not None:
+                    perf = self._evaluate(
+                        checkpoint=last
+                        or self.stop_signal is not None
+                        or (ec.checkpoint_interval is not None and self.iteration % ec.checkpoint_interval == 0),
+                        final=last or self.stop_signal is not None,
+                    )
+                    self.model.train()
+                    stopped_early = self._early_stop(perf)
+                if last or self.stop_signal is not None or stopped_early:
+                    break
+            epoch += 1
+        if stopped_early and self.iteration < self.total_iters:
+            log.info(
+                "early stopping at iteration %d: no perf-average improvement in %d validations",
+                self.iteration,
+                self.cfg.global_config.training_control.early_stopping_patience,
+            )
+            self._evaluate(checkpoint=True, final=True, validated=True)
+        progress.close()
+        elapsed = time.perf_counter() - self.t_start
+        log.info(
+            "done: %d iterations in %.1fs (%.0f samples/s)",
+            self.iteration,
+            elapsed,
+            self.iteration * self.batch_size / max(elapsed, 1e-9),
+        )
+        if self.stop_signal is not None:
+            log.warning(
+                "interrupted at iteration %d; state saved. Continue with the same command plus --resume", self.iteration
+            )
+            return 128 + self.stop_signal
+        return 0
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        # Derived from (seed, epoch) alone, so a resumed run sees the same order.
+        rng = np.random.default_rng([self.opts.seed, epoch])
+        return self.data.train_idx[rng.permutation(len(self.data.train_idx))]
+
+    def _prepare(
+        self, idx: np.ndarray, train: bool, generator: torch.Generator | None = None
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        inputs, targets, present = self.data.batch(idx)
+        for name, col in self.data.inputs.items():
+            keep = present[name]
+            if train:
+                keep = modality_dropout(keep, self._dropout[name], self.rng)
+            missing = ~keep
+            if isinstance(col, ArrayColumn):
+                impute_array_(inputs[name], missing, generator)  # type: ignore[arg-type]
+            else:
+                impute_tabular_(inputs[name], missing, self._null_codes[name])  # type: ignore[arg-type]
+        dev = self.device
+        inputs = {
+            k: (
+                {kk: vv.to(dev, non_blocking=True) for kk, vv in v.items()}
+                if isinstance(v, dict)
+                else v.to(dev, non_blocking=True)
+            )
+            for k, v in inputs.items()
+        }  # type: ignore[union-attr]
+        targets = {k: v.to(dev, non_blocking=True) for k, v in targets.items()}
+        return inputs, targets
+
+    def _step(self, idx: np.ndarray) -> float:
+        g = self.cfg.global_config.optimization
+        self.schedule.step(self.iteration)
+        inputs, targets = self._prepare(idx, train=True)
+        preds = self.model(inputs)
+        loss = sum(masked_mse(preds[n], targets[n], self._has_nan[n]) for n in preds)
+        assert isinstance(loss, torch.Tensor)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if g.gradient_clipping:
+            nn.utils.clip_grad_norm_(self.model.parameters(), g.gradient_clipping, foreach=True)
+        self.optimizer.step()
+        return float(loss.detach())
+
+    @torch.inference_mode()
+    def validate(self) -> dict[str, float]:
+        """Mean squared error per output over the validation set (normalized space)."""
+        self.model.eval()
+        sums = {n: 0.0 for n in self.data.outputs}
+        counts = {n: 0 for n in self.data.outputs}
+        gen = torch.Generator().manual_seed(self.opts.seed)
+        self.latents.start()
+        for s in range(0, len(self.data.valid_idx), 1024):
+            idx = self.data.valid_idx[s : s + 1024]
+            inputs, targets = self._prepare(idx, train=False, generator=gen)
+            preds = self.model(inputs)
+            self.latents.collect([self.data.ids[i] for i in idx])
+            for n, p in preds.items():
+                t = targets[n]
+                mask = ~torch.isnan(t)
+                sums[n] += float((((p - torch.nan_to_num(t)) ** 2) * mask).sum())
+                counts[n] += int(mask.sum())
+        self.latents.stop()
+        return {n: sums[n] / max(1, counts[n]) for n in sums}
+
+    def _evaluate(self, checkpoint: bool, final: bool, validated: bool = False) -> float:
+        it = self.iteration
+        if validated and self.valid_history and self.valid_history[-1][0] == it:
+            loss, perf = self.valid_history[-1][1], self.valid_history[-1][2]
+        else:
+            mse = self.validate()
+            loss = sum(mse.values())
+            perf = float(np.mean([1.0 - v for v in mse.values()]))
+            self.valid_history.append((it, loss, perf))
+            for n, v in mse.items():
+                self.output_history[n].append((it, v, None))
+            self.schedule.on_validation(it, perf)
+            self.latents.save(it)
+            self.samples.write(it)
+            self._write_histories()
+            log.info("iteration %d: validation loss %.5f, perf-average %.4f", it, loss, perf)
+        if checkpoint:
+            self._checkpoint(it, perf, loss, final)
+        return perf
+
+    def _early_stop(self, perf: float) -> bool:
+        tc = self.cfg.global_config.training_control
+        if self.best_perf is None or perf > self.best_perf:
+            self.best_perf, self.rounds_without_improvement = perf, 0
+            return False
+        self.rounds_without_improvement += 1
+        if tc.early_stopping_patience == 0:
+            return False
+        if tc.early_stopping_buffer is not None and self.iteration < tc.early_stopping_buffer:
+            return False
+        return self.rounds_without_improvement >= tc.early_stopping_patience
+
+    def _checkpoint(self, it: int, perf: float, loss: float, final: bool) -> None:
+        from eir_core.bundle import save_bundle
+
+        if final or self.keeper.is_better(perf):
+            path = self.run_dir / "saved_models" / checkpoint_name(self.run_name, it, perf)
+            in_stats = {n: c.stats for n, c in self.data.inputs.items() if isinstance(c, ArrayColumn)}
+            out_stats = {n: c.stats for n, c in self.data.outputs.items()}
+            save_bundle(path, self.manifest(it, perf, loss), self.model.state_dict(), in_stats, out_stats)
+            self.keeper.add(path, it, perf, protect=final)
+            log.info("checkpoint: %s", path.name)
+        info = {
+            "iteration": it,
+            "best_perf": self.best_perf,
+            "rounds": self.rounds_without_improvement,
+            "schedule": self.schedule.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "valid_history": self.valid_history,
+        }
+        save_resume_state(self.run_dir / "resume" / "state.safetensors", self.model, self.optimizer, info)
+
+    def _resume(self) -> None:
+        info = load_resume_state(self.run_dir / "resume" / "state.safetensors", self.model, self.optimizer)
+        self.iteration = int(info["iteration"])
+        self.best_perf = info["best_perf"]
+        self.rounds_without_improvement = int(info["rounds"])
+        self.schedule.load_state_dict(info["schedule"])
+        self.rng.bit_generator.state = info["rng"]
+        self.valid_history = [tuple(v) for v in info["valid_history"]]  # type: ignore[misc]
+        self.keeper.scan()
+        log.info("resuming at iteration %d of %d", self.iteration, self.total_iters)
+
+    def _write_histories(self) -> None:
+        def write(path: Path, header: str, rows: list[tuple[Any, ...]]) -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(
+                header
+                + "\n"
+                + "".join(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in r) + "\n" for r in rows)
+            )
+
+        write(self.run_dir / "train_average_history.log", "iteration,loss-average", self.train_history)
+        write(
+            self.run_dir / "validation_average_history.log", "iteration,loss-average,perf-average", self.valid_history
+        )
+        for n, rows in self.output_history.items():
+            d = self.run_dir / "results" / n / n
+            write(d / f"validation_{n}_history.log", f"iteration,{n}_loss", [r[:2] for r in rows])
+        self._plot()
+
+    def _plot(self) -> None:
+        from eir_core.train.plots import plot_curve
+
+        skip = self.cfg.global_config.visualization_logging.plot_skip_steps
+        valid = [(v[0], v[1]) for v in self.valid_history]
+        plot_curve(self.run_dir / "training_curve_LOSS_1.png", self.train_history, valid, "loss-average", skip)
+        plot_curve(
+            self.run_dir / "training_curve_PERF-AVERAGE_1.png",
+            [],
+            [(v[0], v[2]) for v in self.valid_history],
+            "perf-average",
+            skip,
+        )
+        for n, rows in self.output_history.items():
+            plot_curve(
+                self.run_dir / "results" / n / n / "training_curve_LOSS.png",
+                [],
+                [(r[0], r[1]) for r in rows],
+                f"{n} validation MSE",
+                skip,
+            )
+
+    # ------------------------------------------------------------------ signals
+    def _install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            if self.stop_signal is not None:  # second signal: stop now
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+            log.warning("signal %d: finishing this step, then saving a checkpoint (again to abort)", signum)
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+
+def run_seed() -> int:
+    raw = os.environ.get("EIR_SEED", "0")
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"EIR_SEED={raw!r} is not an integer") from None
+
+
+def summary_json(trainer: Trainer) -> str:
+    best = max(trainer.valid_history, key=lambda v: v[2]) if trainer.valid_history else None
+    return json.dumps(
+        {"iterations": trainer.iteration, "best": best, "checkpoints": [p.name for _, _, p in trainer.keeper.kept]}
+    )

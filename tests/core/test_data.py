@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from eir_core.data.arrays import channel_first_shape, open_array_source
+from eir_core.data.dataset import split_ids
+from eir_core.data.normalization import compute_stats
+from eir_core.data.tabular import fit_encoding, read_table
+from eir_core.errors import DataError
+
+
+def test_split_matches_scikit_learn_train_test_split() -> None:
+    from sklearn.model_selection import train_test_split
+
+    ids = [str(i) for i in range(1000, 1337)]
+    for size in (0.1, 0.25, 50):
+        train, valid = split_ids(ids, size, seed=0)
+        sk_train, sk_valid = train_test_split(sorted(ids), test_size=size, random_state=0)
+        assert train == list(sk_train) and valid == list(sk_valid)
+    with pytest.raises(DataError, match="valid_size"):
+        split_ids(ids, 5000, seed=0)
+
+
+def test_array_sources_channel_first_and_mismatch_named(tmp_path: Path) -> None:
+    assert channel_first_shape((5,)) == (1, 1, 5)
+    assert channel_first_shape((4, 5)) == (1, 4, 5)
+    assert channel_first_shape((3, 4, 5)) == (3, 4, 5)
+    d = tmp_path / "arr" / "nested"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 255, (4, 5), dtype=np.uint8) for _ in range(3)]
+    for i, a in enumerate(arrays):
+        np.save(d / f"s{i}.npy", a)
+    src = open_array_source(tmp_path / "arr")
+    assert src.ids == ["s0", "s1", "s2"] and src.shape == (1, 4, 5) and src.dtype == np.uint8
+    np.testing.assert_array_equal(src.read()[:, 0], np.stack(arrays))
+    np.save(d / "s3.npy", np.zeros((4, 6), np.uint8))
+    with pytest.raises(DataError, match=r"s3\.npy: shape \(4, 6\)"):
+        open_array_source(tmp_path / "arr").read()
+    np.save(d / "s3.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="pickle"):
+        open_array_source(tmp_path / "arr").read()
+    (d / "s3.npy").write_bytes((d / "s0.npy").read_bytes()[:-5])
+    with pytest.raises(DataError, match=r"s3\.npy"):
+        open_array_source(tmp_path / "arr").read()
+
+
+def test_text_file_listing_npy_paths(tmp_path: Path) -> None:
+    for i in range(2):
+        np.save(tmp_path / f"a{i}.npy", np.full(3, i, np.float32))
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{tmp_path / 'a0.npy'}\n{tmp_path / 'a1.npy'}\n")
+    src = open_array_source(listing)
+    assert src.ids == ["a0", "a1"] and src.shape == (1, 1, 3)
+
+
+@pytest.mark.parametrize("kind", ["channel", "element", None])
+def test_normalization_round_trip(kind: str | None) -> None:
+    rng = np.random.default_rng(1)
+    x = (rng.random((50, 2, 3, 4)) * 255).astype(np.float32)
+    stats = compute_stats(x, kind)
+    t = torch.from_numpy(x)
+    z = stats.normalize(t)
+    if kind == "channel":
+        assert stats.mean.shape == (2, 1, 1)
+        assert abs(float(z.mean())) < 1e-4 and abs(float(z.std()) - 1) < 0.05
+    if kind == "element":
+        assert stats.mean.shape == (2, 3, 4)
+    torch.testing.assert_close(stats.denormalize(z), t, rtol=1e-5, atol=1e-3)
+
+
+def test_tabular_vocabulary_null_and_errors(tmp_path: Path) -> None:
+    csv = tmp_path / "labels.csv"
+    csv.write_text("ID,CLASS,AGE\na,1,10\nb,0,\nc,,30\nd,7,20\n")
+    table = read_table(csv, ["CLASS"], ["AGE"])
+    enc = fit_encoding(table, np.array([0, 1, 2]))
+    assert enc.categories["CLASS"] == ["0", "1", "__NULL__"]
+    assert list(enc.cat_codes("CLASS", ["1", "7", "__NULL__"])) == [1, 2, 2]  # unseen -> NULL
+    assert enc.con_mean["AGE"] == 20.0
+    csv.write_text("ID,CLASS\na,1\na,2\n")
+    with pytest.raises(DataError, match="'a' appears more than once"):
+        read_table(csv, ["CLASS"], [])
+    csv.write_text("ID,KLASS\na,1\n")
+    with pytest.raises(DataError, match="columns not in the file: CLASS"):
+        read_table(csv, ["CLASS"], [])
+    csv.write_text("NAME,CLASS\na,1\n")
+    with pytest.raises(DataError, match="no 'ID' column"):
+        read_table(csv, ["CLASS"], [])

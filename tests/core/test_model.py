@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import time
+
+import torch
+from eir_core.config.schema import LCLModelInitConfig, OutputLCLModelInitConfig
+from eir_core.model.layers import LCL
+from eir_core.model.meta import InputSpec, MetaModel, ModelSpec, OutputSpec
+
+
+def test_lcl_matches_its_definition() -> None:
+    torch.manual_seed(0)
+    layer = LCL(10, out_feature_sets=3, kernel_size=4)  # chunks = 3, padded to 12
+    assert (layer.num_chunks, layer.out_features) == (3, 9)
+    x = torch.randn(2, 10)
+    xp = torch.nn.functional.pad(x, (0, 2)).view(2, 3, 4)
+    expected = torch.zeros(2, 9)
+    for o in range(3):
+        for c in range(3):
+            expected[:, o * 3 + c] = (xp[:, c] * layer.weight[o, c]).sum(-1) + layer.bias[o * 3 + c]
+    torch.testing.assert_close(layer(x), expected)
+    assert LCL(784, 1, num_chunks=196).kernel_size == 4
+
+
+def _spec(hw: int, label: bool = False) -> ModelSpec:
+    inputs = [
+        InputSpec(
+            name="mnist",
+            type="array",
+            shape=(1, hw, hw),
+            lcl=LCLModelInitConfig(kernel_width=8, attention_inclusion_cutoff=128),
+        )
+    ]
+    if label:
+        inputs.append(InputSpec(name="mnist_label", type="tabular", cat_cardinalities={"CLASS": 11}))
+    return ModelSpec(
+        inputs=inputs,
+        outputs=[OutputSpec(name="mnist_output", shape=(1, hw, hw), lcl=OutputLCLModelInitConfig(channel_exp_base=4))],
+    )
+
+
+def test_tutorial_28x28_sizes_follow_the_spec() -> None:
+    m = MetaModel(_spec(28, label=True))
+    assert m.input_modules["mnist"].out_features == 196
+    assert m.input_modules["mnist_label"].out_features == 6  # 11 categories -> 6-dim embedding
+    head = m.output_modules["mnist_output"]
+    assert head.trunk.out_features == 512
+    assert (head.projection.fc_1.kernel_size, head.projection.fc_1.out_feature_sets) == (23, 28)
+    names = dict(m.named_modules())
+    assert "fusion_modules.computed.fusion_modules.fusion.1.0" in names
+    batch = {
+        "mnist": torch.randn(3, 1, 28, 28),
+        "mnist_label": {"cat": torch.tensor([[0], [5], [10]]), "con": torch.zeros(3, 0)},
+    }
+    assert m(batch)["mnist_output"].shape == (3, 1, 28, 28)
+
+
+def test_every_output_size_builds_quickly() -> None:
+    for hw in (1, 2, 3, 8, 13, 28, 40):
+        t0 = time.perf_counter()
+        m = MetaModel(_spec(hw))
+        assert time.perf_counter() - t0 < 5
+        assert m({"mnist": torch.randn(2, 1, hw, hw)})["mnist_output"].shape == (2, 1, hw, hw)

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import numpy as np
+from eir_core.bundle import load_bundle
+from eir_core.cli.train import main as eirtrain
+from eir_core.config.load import build_experiment_config
+from eir_core.train.trainer import Trainer, TrainOptions
+
+from tests.helpers import tutorial_configs
+
+
+def _cfg(tmp: Path, digits: Path, run: Path, conditional: bool = False):
+    args = tutorial_configs(tmp, digits, run, conditional)
+    return build_experiment_config(
+        [Path(args[1])], [Path(a) for a in args[3:-3] if a.endswith(".yaml")], [Path(args[-2])]
+    )
+
+
+def test_interrupt_saves_and_resume_finishes(tmp_path: Path, digits_dir: Path) -> None:
+    run = tmp_path / "run"
+    cfg = _cfg(tmp_path, digits_dir, run)
+    t = Trainer(cfg, TrainOptions(no_pbar=True))
+    t.setup()
+    real_step = t._step
+
+    def step(idx: np.ndarray) -> float:
+        if t.iteration == 13:
+            t.stop_signal = signal.SIGTERM  # as the handler would on SIGTERM
+        return real_step(idx)
+
+    t._step = step  # type: ignore[method-assign]
+    assert t.train() == 128 + signal.SIGTERM
+    assert t.iteration == 14
+    ckpts = list((run / "saved_models").glob("*_checkpoint_14_*.safetensors"))
+    assert ckpts and load_bundle(ckpts[0]).manifest["training"]["iteration"] == 14
+
+    t2 = Trainer(cfg, TrainOptions(resume=True, no_pbar=True))
+    t2.setup()
+    assert t2.iteration == 14
+    assert t2.train() == 0
+    assert t2.iteration == t2.total_iters == 2 * (1597 // 64)
+    assert [v[0] for v in t2.valid_history] == [14, 20, 40, 48]
+    final = sorted((run / "saved_models").glob("*.safetensors"))
+    assert any("_checkpoint_48_" in p.name for p in final)
+
+
+def test_run_is_deterministic_for_a_seed(tmp_path: Path, digits_dir: Path) -> None:
+    losses = []
+    for k in range(2):
+        cfg = _cfg(tmp_path, digits_dir, tmp_path / f"run{k}")
+        cfg.global_config.basic_experiment.n_epochs = 1
+        t = Trainer(cfg, TrainOptions(no_pbar=True, seed=3))
+        t.setup()
+        t.train()
+        losses.append([round(x[1], 6) for x in t.train_history])
+    assert losses[0] == losses[1]
+
+
+def test_final_checkpoint_without_any_interval(tmp_path: Path, digits_dir: Path) -> None:
+    args = tutorial_configs(tmp_path, digits_dir, tmp_path / "run", conditional=False)
+    assert (
+        eirtrain(
+            [
+                *args,
+                "--globals.evaluation_checkpoint.checkpoint_interval=None",
+                "--globals.evaluation_checkpoint.sample_interval=1000",
+                "--globals.basic_experiment.n_epochs=1",
+            ]
+        )
+        == 0
+    )
+    names = [p.name for p in (tmp_path / "run" / "saved_models").glob("*.safetensors")]
+    assert len(names) == 1 and "_checkpoint_24_" in names[0]

@@ -1,0 +1,69 @@
+"""Helpers shared by the tests: config files for small tutorial-shaped runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def tutorial_configs(folder: Path, data: Path, run: Path, conditional: bool, **globals_extra: object) -> list[str]:
+    """CLI arguments for a small tutorial-shaped run on the 8x8 digits."""
+    g = {
+        "basic_experiment": {
+            "batch_size": 64,
+            "memory_dataset": True,
+            "n_epochs": 2,
+            "output_folder": str(run),
+            "valid_size": 200,
+        },
+        "evaluation_checkpoint": {"checkpoint_interval": 20, "sample_interval": 20, "n_saved_models": 1},
+        "optimization": {"lr": 0.002, "optimizer": "adabelief"},
+        "lr_schedule": {"warmup_steps": 10},
+    }
+    for k, v in globals_extra.items():
+        g.setdefault(k, {}).update(v)  # type: ignore[union-attr]
+    array_in = {
+        "input_info": {"input_source": str(data / "mnist_npy"), "input_name": "mnist", "input_type": "array"},
+        "input_type_info": {"normalization": "channel", "modality_dropout_rate": 0.3 if conditional else 0.0},
+        "model_config": {
+            "model_type": "lcl",
+            "model_init_config": {"kernel_width": 8, "attention_inclusion_cutoff": 128},
+        },
+    }
+    out = {
+        "output_info": {
+            "output_source": str(data / "mnist_npy"),
+            "output_name": "mnist_output",
+            "output_type": "array",
+        },
+        "output_type_info": {"normalization": "channel"},
+        "model_config": {"model_type": "lcl", "model_init_config": {"channel_exp_base": 4}},
+    }
+    args = [
+        "--global_configs",
+        str(write_yaml(folder / "globals.yaml", g)),
+        "--input_configs",
+        str(write_yaml(folder / "input_mnist_array.yaml", array_in)),
+    ]
+    if conditional:
+        label = {
+            "input_info": {
+                "input_source": str(data / "mnist_labels.csv"),
+                "input_name": "mnist_label",
+                "input_type": "tabular",
+            },
+            "input_type_info": {"input_cat_columns": ["CLASS"]},
+        }
+        args.append(str(write_yaml(folder / "input_mnist_label.yaml", label)))
+        out["sampling_config"] = {
+            "manual_inputs": [{"mnist_label": {"CLASS": "0"}}, {"mnist_label": {"CLASS": "5"}}],
+            "n_eval_inputs": 4,
+        }
+    args += ["--output_configs", str(write_yaml(folder / "output.yaml", out)), "--no-pbar"]
+    return args
