@@ -133,6 +133,8 @@ def build_run_data(cfg: ExperimentConfig, seed: int) -> RunData:
         key = str(Path(path).resolve())
         if key not in sources:
             sources[key] = open_array_source(Path(path))
+            if ge.memory_dataset:
+                sources[key].load_all()  # read each file once; stats and tensors share it
         return sources[key]
 
     out_sources = {oc.name: source(oc.output_info.output_source) for oc in cfg.output_configs}

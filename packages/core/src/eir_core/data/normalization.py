@@ -42,15 +42,19 @@ def compute_stats(arrays: np.ndarray, kind: str | None) -> NormStats:
     c = arrays.shape[1]
     if kind is None:
         return NormStats.identity(arrays.shape[1:])  # type: ignore[arg-type]
-    x = arrays.astype(np.float64, copy=False)
+    x = arrays
     if kind == "channel":
         axes: tuple[int, ...] = (0, 2, 3)
     elif kind == "element":
         axes = (0,)
     else:
         raise ValueError(f"unknown normalization {kind!r}")
-    mean = np.nanmean(x, axis=axes, keepdims=True)[0]
-    std = np.nanstd(x, axis=axes, keepdims=True)[0]
+    if x.dtype.kind == "f" and np.isnan(x).any():
+        mean = np.nanmean(x, axis=axes, keepdims=True)[0]
+        std = np.nanstd(x, axis=axes, keepdims=True)[0]
+    else:  # the common case, without nan* copies
+        mean = x.mean(axis=axes, keepdims=True, dtype=np.float64)[0]
+        std = x.std(axis=axes, keepdims=True, dtype=np.float64)[0]
     std = np.nan_to_num(std, nan=1.0)
     mean = np.nan_to_num(mean, nan=0.0)
     if kind == "channel":

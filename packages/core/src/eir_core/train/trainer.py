@@ -241,6 +241,7 @@ class Trainer:
         self._install_signal_handlers()
         ec = self.cfg.global_config.evaluation_checkpoint
         progress = Progress(self.total_iters, self.iteration, self.opts.no_pbar)
+        start_iteration = self.iteration
         loss_sum, loss_n = 0.0, 0
         stopped_early = False
         self.model.train()
@@ -256,6 +257,8 @@ class Trainer:
                 self.train_history.append((self.iteration, loss))
                 loss_sum, loss_n = loss_sum + loss, loss_n + 1
                 progress.update(self.iteration, loss)
+                if self.iteration == start_iteration + 1:
+                    log.info("first training step done, %.2fs after the process started", process_age_s())
                 last = self.iteration >= self.total_iters
                 if self.iteration % ec.sample_interval == 0 or last or self.stop_signal is not None:
                     perf = self._evaluate(
@@ -469,6 +472,19 @@ class Trainer:
 
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux /proc; elsewhere since import of this module)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED_AT
+
+
+_IMPORTED_AT = time.perf_counter()
 
 
 def run_seed() -> int:
