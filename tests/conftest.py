@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from eir_core.cli.train import main as eirtrain
 from eir_core.data.builtin import make_digits, write_tutorial_layout
-
 from tests.helpers import tutorial_configs
 
 

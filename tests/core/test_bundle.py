@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save as st_save
+
 from eir_core.bundle import MANIFEST_KEY, load_bundle, read_manifest, save_bundle
 from eir_core.cli.bundle import main as eir_bundle
 from eir_core.errors import BundleError
 from eir_core.predict import Predictor
-from safetensors.torch import save as st_save
 
 
 def test_round_trip_is_exact(tiny_bundle: Path, tmp_path: Path) -> None:

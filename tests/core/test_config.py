@@ -3,10 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from eir_core.cli.train import main as eirtrain
 from eir_core.config.load import build_experiment_config, parse_override, read_yaml
 from eir_core.errors import ConfigError
-
 from tests.helpers import tutorial_configs, write_yaml
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from eir_core.data.arrays import channel_first_shape, open_array_source
 from eir_core.data.dataset import split_ids
 from eir_core.data.normalization import compute_stats

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from eir_core.bundle import read_manifest
 from eir_core.predict import Predictor
 

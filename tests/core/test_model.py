@@ -3,6 +3,7 @@ from __future__ import annotations
 import time
 
 import torch
+
 from eir_core.config.schema import LCLModelInitConfig, OutputLCLModelInitConfig
 from eir_core.model.layers import LCL
 from eir_core.model.meta import InputSpec, MetaModel, ModelSpec, OutputSpec

@@ -4,11 +4,11 @@ import signal
 from pathlib import Path
 
 import numpy as np
+
 from eir_core.bundle import load_bundle
 from eir_core.cli.train import main as eirtrain
 from eir_core.config.load import build_experiment_config
 from eir_core.train.trainer import Trainer, TrainOptions
-
 from tests.helpers import tutorial_configs
 
 

@@ -12,19 +12,16 @@ import numpy as np
 from eir_core.bundle import atomic_write_bytes
 
 
-def _plt() -> Any:
-    import matplotlib
+def _figure(figsize: tuple[float, float]) -> Any:
+    # The object API, not pyplot: no global state, so plots can be drawn on a worker thread.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize)
 
 
 def _save(fig: Any, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    _plt().close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -39,8 +36,8 @@ def plot_curve(
     path: Path, train: Sequence[tuple[int, float]], valid: Sequence[tuple[int, float]], title: str, skip: int = 0
 ) -> None:
     """Training (smoothed) and validation values against the iteration."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = _figure((7, 4))
+    ax = fig.subplots()
     if train:
         it = np.array([t[0] for t in train])
         y = np.array([t[1] for t in train])
@@ -61,9 +58,9 @@ def plot_curve(
 
 def plot_sample_grid(path: Path, rows: Sequence[tuple[str, Sequence[np.ndarray]]], col_titles: Sequence[str]) -> None:
     """One row per sample: (label, [arrays shaped (C,H,W) or (H,W)]) shown as grey images."""
-    plt = _plt()
     n_rows, n_cols = len(rows), len(col_titles)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.6 * n_cols, 1.6 * n_rows), squeeze=False)
+    fig = _figure((1.6 * n_cols, 1.6 * n_rows))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for r, (label, arrays) in enumerate(rows):
         for c, arr in enumerate(arrays):
             img = np.asarray(arr, dtype=np.float32)

@@ -107,13 +107,13 @@ class SampleWriter:
                     items[i][name] = {k: v for k, v in row.items() if v != NULL}
         return items
 
-    def write(self, iteration: int) -> None:
+    def write(self, iteration: int, weights: dict[str, Any]) -> None:
         if self.level <= 4 or not any([len(self.auto_idx), *self.manual.values()]):
             return
         t = self.t
         in_stats = {n: c.stats for n, c in t.data.inputs.items() if isinstance(c, ArrayColumn)}
         out_stats = {n: c.stats for n, c in t.data.outputs.items()}
-        bundle = Bundle(t.manifest(iteration, float("nan"), float("nan")), t.model.state_dict(), in_stats, out_stats)
+        bundle = Bundle(t.manifest(iteration, float("nan"), float("nan")), weights, in_stats, out_stats)
         predictor = Predictor(bundle, device=t.device)
         auto = self._auto_items()
         ids = [t.data.ids[i] for i in self.auto_idx]

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -95,6 +96,8 @@ class Trainer:
             self.run_dir / "saved_models", self.run_name, g.evaluation_checkpoint.n_saved_models
         )
         self.samples = SampleWriter(self, self.run_dir)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eir-artifacts")
+        self._pending: list[Future[Any]] = []
         self.iteration = 0
         self.best_perf: float | None = None
         self.rounds_without_improvement = 0
@@ -280,6 +283,7 @@ class Trainer:
             )
             self._evaluate(checkpoint=True, final=True, validated=True)
         progress.close()
+        self._finish_background()
         elapsed = time.perf_counter() - self.t_start
         log.info(
             "done: %d iterations in %.1fs (%.0f samples/s)",
@@ -372,8 +376,15 @@ class Trainer:
                 self.output_history[n].append((it, v, None))
             self.schedule.on_validation(it, perf)
             self.latents.save(it)
-            self.samples.write(it)
-            self._write_histories()
+            # Samples, CSVs and plots are drawn on a worker thread while training goes on.
+            weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self._background(self.samples.write, it, weights)
+            self._background(
+                self._write_histories,
+                list(self.train_history),
+                list(self.valid_history),
+                {k: list(v) for k, v in self.output_history.items()},
+            )
             log.info("iteration %d: validation loss %.5f, perf-average %.4f", it, loss, perf)
         if checkpoint:
             self._checkpoint(it, perf, loss, final)
@@ -422,7 +433,23 @@ class Trainer:
         self.keeper.scan()
         log.info("resuming at iteration %d of %d", self.iteration, self.total_iters)
 
-    def _write_histories(self) -> None:
+    def _background(self, fn: Any, *args: Any) -> None:
+        for f in [f for f in self._pending if f.done()]:
+            self._pending.remove(f)
+            f.result()  # re-raise a failure of earlier work here, in the main thread
+        self._pending.append(self._worker.submit(fn, *args))
+
+    def _finish_background(self) -> None:
+        for f in self._pending:
+            f.result()
+        self._pending.clear()
+
+    def _write_histories(
+        self,
+        train_history: list[tuple[int, float]],
+        valid_history: list[tuple[int, float, float]],
+        output_history: dict[str, list[tuple[int, float, float | None]]],
+    ) -> None:
         def write(path: Path, header: str, rows: list[tuple[Any, ...]]) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(
@@ -431,29 +458,32 @@ class Trainer:
                 + "".join(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in r) + "\n" for r in rows)
             )
 
-        write(self.run_dir / "train_average_history.log", "iteration,loss-average", self.train_history)
-        write(
-            self.run_dir / "validation_average_history.log", "iteration,loss-average,perf-average", self.valid_history
-        )
-        for n, rows in self.output_history.items():
+        write(self.run_dir / "train_average_history.log", "iteration,loss-average", train_history)
+        write(self.run_dir / "validation_average_history.log", "iteration,loss-average,perf-average", valid_history)
+        for n, rows in output_history.items():
             d = self.run_dir / "results" / n / n
             write(d / f"validation_{n}_history.log", f"iteration,{n}_loss", [r[:2] for r in rows])
-        self._plot()
+        self._plot(train_history, valid_history, output_history)
 
-    def _plot(self) -> None:
+    def _plot(
+        self,
+        train_history: list[tuple[int, float]],
+        valid_history: list[tuple[int, float, float]],
+        output_history: dict[str, list[tuple[int, float, float | None]]],
+    ) -> None:
         from eir_core.train.plots import plot_curve
 
         skip = self.cfg.global_config.visualization_logging.plot_skip_steps
-        valid = [(v[0], v[1]) for v in self.valid_history]
-        plot_curve(self.run_dir / "training_curve_LOSS_1.png", self.train_history, valid, "loss-average", skip)
+        valid = [(v[0], v[1]) for v in valid_history]
+        plot_curve(self.run_dir / "training_curve_LOSS_1.png", train_history, valid, "loss-average", skip)
         plot_curve(
             self.run_dir / "training_curve_PERF-AVERAGE_1.png",
             [],
-            [(v[0], v[2]) for v in self.valid_history],
+            [(v[0], v[2]) for v in valid_history],
             "perf-average",
             skip,
         )
-        for n, rows in self.output_history.items():
+        for n, rows in output_history.items():
             plot_curve(
                 self.run_dir / "results" / n / n / "training_curve_LOSS.png",
                 [],

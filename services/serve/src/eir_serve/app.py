@@ -1,0 +1,101 @@
+"""``create_app(settings)``: the FastAPI app. The lifespan loads the bundle once, warms it up,
+starts the batcher, and only then reports ready; on shutdown the batcher drains first."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from eir_core.bundle import read_manifest
+from eir_core.predict import Predictor
+from eir_serve import __version__
+from eir_serve.errors import (
+    ApiError,
+    api_error_handler,
+    http_error_handler,
+    unhandled_error_handler,
+    validation_error_handler,
+)
+from eir_serve.metrics import Metrics, MetricsMiddleware
+from eir_serve.modelpath import resolve_model_path
+from eir_serve.routes import eir, ops, v2, web
+from eir_serve.service import ModelService
+from eir_serve.settings import Settings
+
+log = logging.getLogger("eir_serve")
+
+
+def example_payload(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """A working /predict example for this bundle (an all-zero image, the first category)."""
+    item: dict[str, Any] = {}
+    for e in manifest["inputs"]:
+        if e["type"] == "array":
+            raw = np.zeros(e["shape"], dtype=np.dtype(e["dtype"])).tobytes()
+            item[e["name"]] = base64.b64encode(raw).decode()
+        else:
+            item[e["name"]] = {c: v[0] for c, v in e["categories"].items() if v}
+    return [item]
+
+
+def create_app(settings: Settings) -> FastAPI:
+    bundle_path = resolve_model_path(Path(settings.model_path))
+    manifest = read_manifest(bundle_path)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        def load() -> ModelService:
+            predictor = Predictor.from_path(bundle_path, device=settings.device)
+            service = ModelService(predictor, settings, metrics)
+            service.warm_up()
+            return service
+
+        service = await asyncio.to_thread(load)
+        service.batcher.start()
+        app.state.service = service
+        app.state.ready = True
+        log.info("serving %s on %s", bundle_path, service.predictor.device)
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            await asyncio.to_thread(service.batcher.stop)
+
+    app = FastAPI(
+        title="eirserve",
+        version=__version__,
+        description=f"Model `{manifest.get('run_name')}` from `{bundle_path.name}`. EIR-compatible `/predict` "
+        "and `/info`, Open Inference Protocol under `/v2`, `/health`, `/ready`, `/metrics`.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.ready = False
+    app.state.service = None
+    app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(Exception, unhandled_error_handler)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.include_router(eir.build_router(example_payload(manifest)))
+    app.include_router(v2.router)
+    app.include_router(ops.router)
+    app.include_router(web.router)
+    if settings.enable_echo:
+        app.include_router(ops.echo_router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """For ``uvicorn --factory eir_serve.app:app_from_env`` (settings from EIR_SERVE_*)."""
+    return create_app(Settings())  # type: ignore[call-arg]

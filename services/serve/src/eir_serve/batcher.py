@@ -1,0 +1,147 @@
+"""Dynamic batching: items of concurrent requests run as one forward pass on a worker thread.
+
+Requests put their items on a bounded queue and await a future; one worker thread takes the
+first waiting request, then more for up to ``batch_timeout`` while the batch stays within
+``max_batch_size`` items, runs ONE predict call and hands each request its slice. The event
+loop never runs model code. Items carry their own noise seeds, so an item's answer does not
+depend on what it was batched with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("eir_serve.batcher")
+
+PredictFn = Callable[[Sequence[Any], Sequence[int]], list[Any]]
+
+
+class QueueFull(Exception):
+    """More items are waiting than ``max_queue``; the client should retry later."""
+
+
+@dataclass
+class _Job:
+    items: Sequence[Any]
+    seeds: Sequence[int]
+    future: asyncio.Future[list[Any]]
+    loop: asyncio.AbstractEventLoop
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    def __init__(
+        self,
+        predict: PredictFn,
+        max_batch_size: int,
+        batch_timeout_s: float,
+        max_queue: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.predict = predict
+        self.max_batch_size = max_batch_size
+        self.batch_timeout_s = batch_timeout_s
+        self.max_queue = max_queue
+        self.on_batch = on_batch
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._waiting_items = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="eir-batcher", daemon=True)
+        self._stopping = False
+
+    @property
+    def queue_depth(self) -> int:
+        return self._waiting_items
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def submit(self, items: Sequence[Any], seeds: Sequence[int]) -> list[Any]:
+        if self._stopping:
+            raise QueueFull("the server is shutting down")
+        with self._lock:
+            if self._waiting_items + len(items) > self.max_queue:
+                raise QueueFull(f"{self._waiting_items} items are waiting (max_queue={self.max_queue})")
+            self._waiting_items += len(items)
+        loop = asyncio.get_running_loop()
+        job = _Job(items, seeds, loop.create_future(), loop)
+        self._queue.put(job)
+        return await job.future
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish every queued job, then stop the worker."""
+        self._stopping = True
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _take_batch(self) -> tuple[list[_Job], bool]:
+        first = self._queue.get()
+        if first is None:
+            return [], True
+        jobs, n = [first], len(first.items)
+        deadline = time.perf_counter() + self.batch_timeout_s
+        while n < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            try:
+                job = self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._queue.put(None)  # see it again after this batch
+                break
+            if n + len(job.items) > self.max_batch_size:
+                self._run_jobs(jobs)  # this one does not fit: run what we have, start anew
+                jobs, n = [job], len(job.items)
+                deadline = time.perf_counter() + self.batch_timeout_s
+                continue
+            jobs.append(job)
+            n += len(job.items)
+        return jobs, False
+
+    def _run(self) -> None:
+        while True:
+            jobs, stop = self._take_batch()
+            if jobs:
+                self._run_jobs(jobs)
+            if stop:
+                return
+
+    def _run_jobs(self, jobs: list[_Job]) -> None:
+        live = [j for j in jobs if not j.future.cancelled()]  # clients that went away
+        with self._lock:
+            self._waiting_items -= sum(len(j.items) for j in jobs)
+        if not live:
+            return
+        items = [it for j in live for it in j.items]
+        seeds = [s for j in live for s in j.seeds]
+        try:
+            results = self.predict(items, seeds)
+        except Exception as e:  # one bad batch must not stop the worker
+            log.exception("prediction failed")
+            for j in live:
+                j.loop.call_soon_threadsafe(_set_exception, j.future, e)
+            return
+        if self.on_batch is not None:
+            self.on_batch(len(items))
+        start = 0
+        for j in live:
+            part = results[start : start + len(j.items)]
+            start += len(j.items)
+            j.loop.call_soon_threadsafe(_set_result, j.future, part)
+
+
+def _set_result(fut: asyncio.Future[list[Any]], value: list[Any]) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future[list[Any]], exc: Exception) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

@@ -1,0 +1,37 @@
+"""Pure functions between base64 strings and numpy arrays, with explicit checks. No I/O."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import numpy as np
+
+
+class CodecError(ValueError):
+    """The value cannot be decoded; the message says why."""
+
+
+def decode_array(value: object, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """base64 of raw C-order bytes in ``dtype`` with prod(shape) elements -> array of ``shape``."""
+    if not isinstance(value, str):
+        raise CodecError(f"expected a base64 string of raw {np.dtype(dtype).name} bytes, got {type(value).__name__}")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise CodecError("not valid base64") from None
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape))
+    if len(raw) != n * dt.itemsize:
+        raise CodecError(
+            f"expected {n * dt.itemsize} bytes ({n} x {dt.name}, shape {list(shape)}), got {len(raw)} bytes"
+        )
+    arr = np.frombuffer(raw, dtype=dt).reshape(shape)
+    if dt.kind == "f" and not np.isfinite(arr).all():
+        raise CodecError("contains NaN or infinite values")
+    return arr
+
+
+def encode_array(arr: np.ndarray, dtype: str = "<f4") -> str:
+    """Raw C-order bytes of ``arr`` as ``dtype``, base64-encoded."""
+    return base64.b64encode(np.ascontiguousarray(arr, dtype=np.dtype(dtype)).tobytes()).decode("ascii")

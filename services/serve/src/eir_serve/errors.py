@@ -1,0 +1,70 @@
+"""One JSON error shape for every 4xx/5xx answer:
+
+{"error": {"code": "invalid_input", "message": "...",
+           "details": [{"item": 0, "field": "mnist", "message": "..."}]}}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.details = details or []
+        self.headers = headers
+
+
+def item_error(item: int | None, field: str | None, message: str, status: int = 422) -> ApiError:
+    where = f"item {item}" if item is not None else "request"
+    where += f", field {field!r}" if field else ""
+    return ApiError(
+        status, "invalid_input", f"{where}: {message}", [{"item": item, "field": field, "message": message}]
+    )
+
+
+def error_body(code: str, message: str, details: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status, headers=exc.headers)
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = []
+    for e in exc.errors():
+        loc = [p for p in e.get("loc", ()) if p not in ("body", "query", "path")]
+        item = next((p for p in loc if isinstance(p, int)), None)
+        field = ".".join(str(p) for p in loc if not isinstance(p, int)) or None
+        details.append({"item": item, "field": field, "message": str(e.get("msg"))})
+    msg = "; ".join(f"{d['field'] or 'request'}: {d['message']}" for d in details)
+    return JSONResponse(error_body("invalid_input", msg, details), status_code=422)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse(
+        error_body(code, str(exc.detail), []), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+    )
+
+
+async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(error_body("internal_error", "the server failed; see its log", []), status_code=500)

@@ -1,0 +1,57 @@
+"""Prometheus metrics, one registry per app (no global state between apps or tests)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("eir_requests_total", "HTTP requests", ["route", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "eir_request_seconds",
+            "request latency",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.batch_size = Histogram(
+            "eir_batch_size",
+            "items per forward pass",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
+        self.queue_depth = Gauge("eir_queue_depth", "items waiting for a forward pass", registry=self.registry)
+        self.items = Counter("eir_predicted_items_total", "items predicted", registry=self.registry)
+
+
+class MetricsMiddleware:
+    """Counts every request by route template and status, and times it (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status: dict[str, Any] = {"code": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        t0 = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "(unmatched)"
+            self.metrics.requests.labels(path, str(status["code"])).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - t0)

@@ -1,0 +1,51 @@
+"""Operations: liveness, readiness, Prometheus metrics, and the optional echo endpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from eir_serve.codec import encode_array
+from eir_serve.deps import ServiceDep
+from eir_serve.service import read_json_body
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/health", description="The process is up (200 even while the model loads).")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready", description="200 once the bundle is loaded and warmed up, 503 before.")
+async def ready(request: Request) -> JSONResponse:
+    if getattr(request.app.state, "ready", False):
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
+
+
+@router.get("/metrics", description="Prometheus text format.")
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+echo_router = APIRouter(tags=["ops"])
+
+
+@echo_router.post("/echo", description="Benchmark aid: /predict's decoding and encoding without the model.")
+async def echo(request: Request, service: ServiceDep) -> dict[str, Any]:
+    items = service.decode_items(await read_json_body(request, service.settings.max_body_bytes))
+    out = next(iter(service.outputs.values()))
+    name = next(iter(service.outputs))
+    shape = tuple(out["shape"])
+    fake = [{name: _zeros(shape)} for _ in items]
+    return {"result": [{n: encode_array(a) for n, a in r.items()} for r in fake]}
+
+
+def _zeros(shape: tuple[int, ...]) -> Any:
+    import numpy as np
+
+    return np.zeros(shape, np.float32)

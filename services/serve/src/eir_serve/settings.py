@@ -1,0 +1,25 @@
+"""Service settings: command-line flags or ``EIR_SERVE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EIR_SERVE_", extra="ignore")
+
+    model_path: Path
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    device: str = "auto"
+    max_batch_size: int = Field(64, ge=1, description="items run in one forward pass at most")
+    batch_timeout_ms: float = Field(2.0, ge=0, description="how long the first item of a batch waits for more")
+    max_queue: int = Field(1024, ge=1, description="items waiting at most; past that /predict answers 503")
+    max_body_bytes: int = Field(8_000_000, ge=1024, description="larger request bodies get 413")
+    max_items_per_request: int = Field(256, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0, description="a prediction that takes longer gets 504")
+    log_level: str = "info"
+    enable_echo: bool = Field(False, description="POST /echo: the same decode/encode work without the model")

@@ -1,0 +1,201 @@
+"""The HTTP surface in-process: EIR payloads, /info, errors, seeds, V2, ops."""
+
+from __future__ import annotations
+
+import base64
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from eir_core.predict import Predictor
+
+
+def b64(a: np.ndarray) -> str:
+    return base64.b64encode(a.tobytes()).decode()
+
+
+def decode(s: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(s), dtype="<f4").reshape(1, 8, 8)
+
+
+def image(digits_dir: Path, sid: int = 10001) -> np.ndarray:
+    return np.load(digits_dir / "mnist_npy" / f"{sid}.npy")
+
+
+def test_predict_matches_the_predictor_and_eir_shape(client: TestClient, tiny_bundle: Path, digits_dir: Path) -> None:
+    imgs = [image(digits_dir, 10001), image(digits_dir, 10002)]
+    r = client.post("/predict", json=[{"mnist": b64(i)} for i in imgs])
+    assert r.status_code == 200
+    result = r.json()["result"]
+    assert len(result) == 2 and set(result[0]) == {"mnist_output"}
+    assert len(base64.b64decode(result[0]["mnist_output"])) == 8 * 8 * 4
+    direct = Predictor.from_path(tiny_bundle, device="cpu").predict([{"mnist": i} for i in imgs], seeds=[0, 1])
+    for got, want in zip(result, direct):
+        np.testing.assert_allclose(decode(got["mnist_output"]), want["mnist_output"], rtol=1e-5, atol=1e-4)
+
+
+def test_info_has_eir_keys_dtypes_and_model(client: TestClient) -> None:
+    info = client.get("/info").json()
+    assert info["inputs"]["mnist"] == {"type": "array", "shape": [1, 8, 8], "dtype": "|u1", "optional": False}
+    assert info["outputs"]["mnist_output"]["dtype"] == "<f4"
+    assert info["outputs"]["mnist_output"]["source_dtype"] == "|u1"
+    assert info["model"]["device"] == "cpu"
+
+
+def test_info_lists_label_categories_and_optional_image(cond_client: TestClient) -> None:
+    info = cond_client.get("/info").json()
+    assert info["inputs"]["mnist"]["optional"] is True
+    lab = info["inputs"]["mnist_label"]
+    assert lab["type"] == "tabular" and lab["categorical_columns"]["CLASS"] == [str(d) for d in range(10)]
+
+
+def test_label_only_generation_is_seeded(cond_client: TestClient) -> None:
+    items = [{"mnist_label": {"CLASS": "3"}}, {"mnist_label": {"CLASS": "3"}}]
+
+    def gen(seed: int) -> list[np.ndarray]:
+        return [
+            decode(r["mnist_output"]) for r in cond_client.post(f"/predict?seed={seed}", json=items).json()["result"]
+        ]
+
+    a, b, c = gen(7), gen(7), gen(8)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert np.abs(a[0] - a[1]).mean() > 0.1  # item i uses seed 7+i: two samples of one label differ
+    assert np.abs(a[0] - c[0]).mean() > 0.1
+    # Item 1 with seed 7 is item 0 with seed 8 (equal up to float32 rounding of the batch's matmuls).
+    np.testing.assert_allclose(a[1], c[0], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field", "text"),
+    [
+        ({"mnist": "AAAA"}, 422, "body", "expected a JSON list"),
+        ([], 422, "body", "empty"),
+        ([{"mnist": 5}], 422, "mnist", "base64 string"),
+        ([{"mnist": "!!notbase64!!"}], 422, "mnist", "not valid base64"),
+        ([{"mnist": base64.b64encode(b"\x00" * 63).decode()}], 422, "mnist", "expected 64 bytes"),
+        ([{"mnist": ""}], 422, "mnist", "expected 64 bytes"),
+        ([{"mnist_typo": "AAAA"}], 422, "mnist_typo", "unknown input"),
+        ([{}], 422, None, "at least one input"),
+        (["x"], 422, None, "expected an object"),
+    ],
+)
+def test_bad_payloads_get_4xx_naming_item_and_field(
+    client: TestClient, body: object, status: int, field: str | None, text: str
+) -> None:
+    r = client.post("/predict", json=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert text in err["message"]
+    detail = err["details"][0]
+    assert detail["field"] == field
+    if isinstance(body, list) and body:
+        assert detail["item"] == 0
+
+
+def test_second_item_is_named(client: TestClient, digits_dir: Path) -> None:
+    r = client.post("/predict", json=[{"mnist": b64(image(digits_dir))}, {"mnist": "abc"}])
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["item"] == 1
+
+
+def test_not_json_too_many_items_too_large(client: TestClient, digits_dir: Path) -> None:
+    r = client.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "not valid JSON" in r.json()["error"]["message"]
+    r = client.post("/predict", json=[{"mnist": b64(image(digits_dir))}] * 17)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_items"
+    r = client.post("/predict", content=b"[" + b" " * 70_000 + b"]", headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+
+def test_missing_required_input_and_category_errors(client: TestClient, cond_client: TestClient) -> None:
+    r = cond_client.post("/predict", json=[{"mnist_label": {"CLASS": "12"}}])
+    assert r.status_code == 422
+    d = r.json()["error"]["details"][0]
+    assert d["field"] == "mnist_label.CLASS" and "allowed: 0, 1, 2" in d["message"]
+    r = cond_client.post("/predict", json=[{"mnist_label": {"CLASS": 5}}])
+    assert r.status_code == 422 and "strings" in r.json()["error"]["message"]
+    r = cond_client.post("/predict", json=[{"mnist_label": "5"}])
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "mnist_label"
+    r = cond_client.post("/predict", json=[{"mnist_label": {"KLASS": "5"}}])
+    assert r.status_code == 422 and "unknown column" in r.json()["error"]["message"]
+
+
+def test_nan_in_float_input_is_refused(tiny_bundle: Path) -> None:
+    from eir_serve.codec import CodecError, decode_array
+
+    with pytest.raises(CodecError, match="NaN"):
+        decode_array(b64(np.array([np.nan, 1.0], "<f4")), "<f4", (2,))
+
+
+def test_concurrent_requests_are_batched_and_equal_to_single(cond_client: TestClient) -> None:
+    items = [{"mnist_label": {"CLASS": str(d % 10)}} for d in range(24)]
+    single = [cond_client.post(f"/predict?seed={100 + i}", json=[it]).json()["result"][0] for i, it in enumerate(items)]
+    with ThreadPoolExecutor(8) as pool:
+        futs = [pool.submit(cond_client.post, f"/predict?seed={100 + i}", json=[it]) for i, it in enumerate(items)]
+        concurrent = [f.result().json()["result"][0] for f in futs]
+    for got, want in zip(concurrent, single):
+        np.testing.assert_allclose(decode(got["mnist_output"]), decode(want["mnist_output"]), rtol=1e-4, atol=1e-3)
+    metrics = cond_client.get("/metrics").text
+    assert "eir_batch_size_count" in metrics
+    # Some forward pass ran more than one item.
+    sums = [line for line in metrics.splitlines() if line.startswith("eir_batch_size_bucket") and 'le="1.0"' in line]
+    count = [line for line in metrics.splitlines() if line.startswith("eir_batch_size_count")]
+    assert float(sums[0].split()[-1]) < float(count[0].split()[-1])
+
+
+def test_ops_endpoints(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").status_code == 200
+    m = client.get("/metrics")
+    assert m.status_code == 200 and 'eir_requests_total{route="/predict"' in m.text
+    assert client.get("/nope").json()["error"]["code"] == "not_found"
+    assert "/predict" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/").status_code == 200 and "Generate" in client.get("/").text
+
+
+def test_openapi_example_works(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    example = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["example"]
+    assert client.post("/predict", json=example).status_code == 200
+
+
+def test_echo_does_the_same_codec_work(client: TestClient, digits_dir: Path) -> None:
+    r = client.post("/echo", json=[{"mnist": b64(image(digits_dir))}])
+    assert r.status_code == 200 and len(base64.b64decode(r.json()["result"][0]["mnist_output"])) == 256
+
+
+def test_v2_protocol(cond_client: TestClient) -> None:
+    assert cond_client.get("/v2").json()["name"] == "eirserve"
+    assert cond_client.get("/v2/health/live").json() == {"live": True}
+    assert cond_client.get("/v2/health/ready").json() == {"ready": True}
+    name = cond_client.get("/info").json()["model"]["name"]
+    meta = cond_client.get(f"/v2/models/{name}").json()
+    assert {"name": "mnist", "datatype": "UINT8", "shape": [-1, 1, 8, 8]} in meta["inputs"]
+    assert {"name": "mnist_label.CLASS", "datatype": "BYTES", "shape": [-1]} in meta["inputs"]
+    assert cond_client.get(f"/v2/models/{name}/ready").json() == {"ready": True}
+    body = {
+        "inputs": [{"name": "mnist_label.CLASS", "shape": [2], "datatype": "BYTES", "data": ["1", "7"]}],
+        "parameters": {"seed": 5},
+    }
+    r = cond_client.post(f"/v2/models/{name}/infer", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"][0]
+    assert out["shape"] == [2, 1, 8, 8] and out["datatype"] == "FP32" and len(out["data"]) == 128
+    same = cond_client.post("/predict?seed=5", json=[{"mnist_label": {"CLASS": "1"}}, {"mnist_label": {"CLASS": "7"}}])
+    np.testing.assert_allclose(
+        np.array(out["data"], np.float32).reshape(2, 1, 8, 8)[0],
+        decode(same.json()["result"][0]["mnist_output"]),
+        rtol=1e-6,
+    )
+    img = {"name": "mnist", "shape": [1, 1, 8, 8], "datatype": "UINT8", "data": [0] * 64}
+    label = {"name": "mnist_label.CLASS", "shape": [1], "datatype": "BYTES", "data": ["4"]}
+    assert cond_client.post(f"/v2/models/{name}/infer", json={"inputs": [img, label]}).status_code == 200
+    r = cond_client.post(f"/v2/models/{name}/infer", json={"inputs": [img]})  # the label is required
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "mnist_label"
+    bad = {"inputs": [{**img, "data": [0] * 63}, label]}
+    r = cond_client.post(f"/v2/models/{name}/infer", json=bad)
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "mnist.data"
+    assert cond_client.get("/v2/models/other").status_code == 404
