@@ -108,6 +108,7 @@ class SampleWriter:
         return items
 
     def write(self, iteration: int, weights: dict[str, Any]) -> None:
+        """Generate and save samples now; the PNG grids are drawn by the renderer process."""
         if self.level <= 4 or not any([len(self.auto_idx), *self.manual.values()]):
             return
         t = self.t
@@ -144,8 +145,6 @@ class SampleWriter:
     ) -> None:
         if not items:
             return
-        from eir_core.train.plots import plot_sample_grid
-
         folder.mkdir(parents=True, exist_ok=True)
         meta: dict[str, Any] = {}
         rows = []
@@ -172,4 +171,12 @@ class SampleWriter:
         n_cols = max(len(r[1]) for r in rows)
         rows = [(lab, pics + [pics[-1]] * (n_cols - len(pics))) for lab, pics in rows]
         titles = (["input"] * (n_cols - 1)) + ["generated"]
-        plot_sample_grid(folder / "grid.png", rows, titles)
+        arrays = folder / ".grid_arrays.npz"
+        np.savez(arrays, **{f"{i}_{k}": p for i, (_, pics) in enumerate(rows) for k, p in enumerate(pics)})
+        self.t.renderer.submit(
+            "grid",
+            path=str(folder / "grid.png"),
+            arrays=str(arrays),
+            rows=[(lab, len(pics)) for lab, pics in rows],
+            titles=titles,
+        )

@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -38,6 +37,7 @@ from eir_core.train.checkpoint import CheckpointKeeper, checkpoint_name, load_re
 from eir_core.train.latents import LatentRecorder
 from eir_core.train.optim import LRSchedule, build_optimizer
 from eir_core.train.progress import Progress
+from eir_core.train.render import Renderer
 from eir_core.train.sampling import SampleWriter
 
 log = logging.getLogger("eir_core.train")
@@ -96,8 +96,7 @@ class Trainer:
             self.run_dir / "saved_models", self.run_name, g.evaluation_checkpoint.n_saved_models
         )
         self.samples = SampleWriter(self, self.run_dir)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eir-artifacts")
-        self._pending: list[Future[Any]] = []
+        self.renderer = Renderer()
         self.iteration = 0
         self.best_perf: float | None = None
         self.rounds_without_improvement = 0
@@ -283,7 +282,7 @@ class Trainer:
             )
             self._evaluate(checkpoint=True, final=True, validated=True)
         progress.close()
-        self._finish_background()
+        self.renderer.close()
         elapsed = time.perf_counter() - self.t_start
         log.info(
             "done: %d iterations in %.1fs (%.0f samples/s)",
@@ -376,15 +375,11 @@ class Trainer:
                 self.output_history[n].append((it, v, None))
             self.schedule.on_validation(it, perf)
             self.latents.save(it)
-            # Samples, CSVs and plots are drawn on a worker thread while training goes on.
-            weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self._background(self.samples.write, it, weights)
-            self._background(
-                self._write_histories,
-                list(self.train_history),
-                list(self.valid_history),
-                {k: list(v) for k, v in self.output_history.items()},
-            )
+            for layer, (_, ids) in self.latents.last.items():
+                self._plot_latents(it, layer, ids)
+            self.latents.last.clear()
+            self.samples.write(it, self.model.state_dict())
+            self._write_histories()
             log.info("iteration %d: validation loss %.5f, perf-average %.4f", it, loss, perf)
         if checkpoint:
             self._checkpoint(it, perf, loss, final)
@@ -433,64 +428,73 @@ class Trainer:
         self.keeper.scan()
         log.info("resuming at iteration %d of %d", self.iteration, self.total_iters)
 
-    def _background(self, fn: Any, *args: Any) -> None:
-        for f in [f for f in self._pending if f.done()]:
-            self._pending.remove(f)
-            f.result()  # re-raise a failure of earlier work here, in the main thread
-        self._pending.append(self._worker.submit(fn, *args))
+    def _latent_labels(self, ids: list[str]) -> tuple[list[str] | None, str]:
+        """Colour t-SNE points by the first categorical column of a tabular input, if any."""
+        pos = {sid: i for i, sid in enumerate(self.data.ids)}
+        for name, col in self.data.inputs.items():
+            if isinstance(col, TabularColumn) and col.encoding.cat_columns:
+                c = col.encoding.cat_columns[0]
+                vocab = col.encoding.categories[c]
+                return [vocab[int(col.cat[pos[i], 0])] for i in ids], f"{name}.{c}"
+        return None, ""
 
-    def _finish_background(self) -> None:
-        for f in self._pending:
-            f.result()
-        self._pending.clear()
+    def _plot_latents(self, iteration: int, layer: str, ids: list[str]) -> None:
+        labels, by = self._latent_labels(ids)
+        folder = self.run_dir / "latents" / "latent_outputs" / str(iteration) / layer
+        title = f"t-SNE of {layer} at iteration {iteration} ({len(ids)} validation samples)"
+        title += f", coloured by {by}" if by else ""
+        self.renderer.submit(
+            "tsne",
+            batches=[str(p) for p in sorted(folder.glob("batch_*.npy"))],
+            labels=labels,
+            paths=[str(folder / "tsne.png"), str(self.run_dir / "latents_visualization_tsne.png")],
+            title=title,
+        )
 
-    def _write_histories(
-        self,
-        train_history: list[tuple[int, float]],
-        valid_history: list[tuple[int, float, float]],
-        output_history: dict[str, list[tuple[int, float, float | None]]],
-    ) -> None:
+    def _write_histories(self) -> None:
         def write(path: Path, header: str, rows: list[tuple[Any, ...]]) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(
-                header
-                + "\n"
-                + "".join(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in r) + "\n" for r in rows)
-            )
+            text = "".join(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in r) + "\n" for r in rows)
+            path.write_text(header + "\n" + text)
 
-        write(self.run_dir / "train_average_history.log", "iteration,loss-average", train_history)
-        write(self.run_dir / "validation_average_history.log", "iteration,loss-average,perf-average", valid_history)
-        for n, rows in output_history.items():
+        write(self.run_dir / "train_average_history.log", "iteration,loss-average", self.train_history)
+        write(
+            self.run_dir / "validation_average_history.log", "iteration,loss-average,perf-average", self.valid_history
+        )
+        for n, rows in self.output_history.items():
             d = self.run_dir / "results" / n / n
             write(d / f"validation_{n}_history.log", f"iteration,{n}_loss", [r[:2] for r in rows])
-        self._plot(train_history, valid_history, output_history)
+        self._plot()
 
-    def _plot(
-        self,
-        train_history: list[tuple[int, float]],
-        valid_history: list[tuple[int, float, float]],
-        output_history: dict[str, list[tuple[int, float, float | None]]],
-    ) -> None:
-        from eir_core.train.plots import plot_curve
-
+    def _plot(self) -> None:
         skip = self.cfg.global_config.visualization_logging.plot_skip_steps
-        valid = [(v[0], v[1]) for v in valid_history]
-        plot_curve(self.run_dir / "training_curve_LOSS_1.png", train_history, valid, "loss-average", skip)
-        plot_curve(
-            self.run_dir / "training_curve_PERF-AVERAGE_1.png",
-            [],
-            [(v[0], v[2]) for v in valid_history],
-            "perf-average",
-            skip,
-        )
-        for n, rows in output_history.items():
-            plot_curve(
-                self.run_dir / "results" / n / n / "training_curve_LOSS.png",
+        # Every 5th training point is plenty for a curve and keeps the job line small.
+        train = self.train_history[::5]
+        curves = [
+            (
+                self.run_dir / "training_curve_LOSS_1.png",
+                train,
+                [(v[0], v[1]) for v in self.valid_history],
+                "loss-average",
+            ),
+            (
+                self.run_dir / "training_curve_PERF-AVERAGE_1.png",
                 [],
-                [(r[0], r[1]) for r in rows],
-                f"{n} validation MSE",
-                skip,
+                [(v[0], v[2]) for v in self.valid_history],
+                "perf-average",
+            ),
+        ]
+        for n, rows in self.output_history.items():
+            curves.append(
+                (
+                    self.run_dir / "results" / n / n / "training_curve_LOSS.png",
+                    [],
+                    [(r[0], r[1]) for r in rows],
+                    f"{n} validation MSE",
+                )
             )
+        for path, tr, va, title in curves:
+            self.renderer.submit("curve", path=str(path), train=tr, valid=va, title=title, skip=skip)
 
     # ------------------------------------------------------------------ signals
     def _install_signal_handlers(self) -> None:

@@ -1,0 +1,102 @@
+"""Drawing of training artifacts (curves, sample grids, t-SNE) in a separate process.
+
+Matplotlib and t-SNE are pure-Python/NumPy heavy: on a thread they hold the GIL and stall the
+training loop (a small model is Python-bound), and inline they add seconds per validation.
+So the trainer sends jobs, one JSON line each, to ``python -m eir_core.train.render``, which
+draws PNGs while training goes on. Arrays travel as ``.npy``/``.npz`` files the trainer wrote.
+A failed drawing is logged by the renderer and never stops training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+log = logging.getLogger("eir_core.train")
+
+
+class Renderer:
+    """Client side: a lazily started renderer process fed through its stdin."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+
+    def submit(self, kind: str, **job: Any) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            # One thread and a lower priority: drawing must not take cores from training.
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "eir_core.train.render"],
+                stdin=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+                env=env,
+                preexec_fn=_lower_priority if os.name == "posix" else None,
+            )
+        stdin = self.proc.stdin
+        assert stdin is not None
+        try:
+            stdin.write(json.dumps({"kind": kind, **job}) + "\n")
+            stdin.flush()
+        except (BrokenPipeError, OSError) as e:
+            log.warning("the plot renderer is gone (%s); artifacts of this round are not drawn", e)
+
+    def close(self, timeout: float = 120.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.proc = None
+
+
+def _lower_priority() -> None:
+    os.nice(5)
+
+
+def _do(job: dict[str, Any]) -> None:
+    from eir_core.train import plots
+
+    kind = job["kind"]
+    if kind == "curve":
+        plots.plot_curve(
+            Path(job["path"]),
+            [tuple(x) for x in job["train"]],
+            [tuple(x) for x in job["valid"]],
+            job["title"],
+            job.get("skip", 0),
+        )
+    elif kind == "grid":
+        with np.load(job["arrays"], allow_pickle=False) as z:
+            rows = [(label, [z[f"{i}_{k}"] for k in range(n)]) for i, (label, n) in enumerate(job["rows"])]
+        plots.plot_sample_grid(Path(job["path"]), rows, job["titles"])
+        Path(job["arrays"]).unlink(missing_ok=True)
+    elif kind == "tsne":
+        chunks = [np.load(p, allow_pickle=False) for p in job["batches"]]
+        rec = np.concatenate(chunks)
+        labels = job.get("labels")
+        plots.plot_tsne([Path(p) for p in job["paths"]], rec["Latent"], labels, job["title"])
+    else:
+        raise ValueError(f"unknown job kind {kind!r}")
+
+
+def serve(stream: IO[str]) -> None:
+    for line in stream:
+        try:
+            _do(json.loads(line))
+        except Exception as e:  # report and go on with the next job
+            print(f"eir renderer: {type(e).__name__}: {e}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    serve(sys.stdin)
