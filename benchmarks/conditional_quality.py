@@ -65,7 +65,8 @@ def main() -> None:
         if eirtrain(args) != 0:
             sys.exit("training failed")
         train_s = time.perf_counter() - t0
-        ckpt = max((run / "saved_models").glob("*.safetensors"), key=lambda p: int(p.name.split("_checkpoint_")[1].split("_")[0]))
+        ckpts = (run / "saved_models").glob("*.safetensors")
+        ckpt = max(ckpts, key=lambda p: int(p.name.split("_checkpoint_")[1].split("_")[0]))
         valid_mse = float((run / "validation_average_history.log").read_text().strip().splitlines()[-1].split(",")[1])
         predictor = Predictor.from_path(ckpt, device="cpu")
 

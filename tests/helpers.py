@@ -26,6 +26,8 @@ def tutorial_configs(folder: Path, data: Path, run: Path, conditional: bool, **g
         "optimization": {"lr": 0.002, "optimizer": "adabelief"},
         "lr_schedule": {"warmup_steps": 10},
     }
+    if conditional:
+        g["latent_sampling"] = {"layers_to_sample": ["fusion_modules.computed.fusion_modules.fusion.1.0"]}
     for k, v in globals_extra.items():
         g.setdefault(k, {}).update(v)  # type: ignore[union-attr]
     array_in = {

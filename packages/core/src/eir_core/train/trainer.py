@@ -261,6 +261,7 @@ class Trainer:
                 progress.update(self.iteration, loss)
                 if self.iteration == start_iteration + 1:
                     log.info("first training step done, %.2fs after the process started", process_age_s())
+                    self.renderer.start()  # its imports overlap training instead of delaying the end
                 last = self.iteration >= self.total_iters
                 if self.iteration % ec.sample_interval == 0 or last or self.stop_signal is not None:
                     perf = self._evaluate(
