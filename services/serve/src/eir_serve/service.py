@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from eir_core.data.tabular import NULL
 from eir_core.errors import InputError
@@ -26,11 +27,14 @@ async def read_json_body(request: Request, limit: int) -> Any:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "body_too_large", f"request body of {declared} bytes is over the limit of {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "body_too_large", f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client went away mid-body: nobody will read an answer
+        raise ApiError(400, "client_disconnected", "the client closed the connection before the body ended") from None
     try:
         return json.loads(b"".join(chunks))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -16,7 +16,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     device: str = "auto"
     max_batch_size: int = Field(64, ge=1, description="items run in one forward pass at most")
-    batch_timeout_ms: float = Field(2.0, ge=0, description="how long the first item of a batch waits for more")
+    batch_timeout_ms: float = Field(
+        0.0, ge=0, description="how long the first item of a batch waits for more (0: take what is queued)"
+    )
     max_queue: int = Field(1024, ge=1, description="items waiting at most; past that /predict answers 503")
     max_body_bytes: int = Field(8_000_000, ge=1024, description="larger request bodies get 413")
     max_items_per_request: int = Field(256, ge=1)
