@@ -51,8 +51,13 @@ def main() -> None:
         info = client.get("/info").json()
         print("GET /info ->", info)
         out_name, out = next(iter(info["outputs"].items()))
-        image = np.load(sorted((a.data / "mnist_npy").glob("*.npy"))[5])
-        payload = [{"mnist": base64.b64encode(image.tobytes()).decode()}]
+        path = sorted((a.data / "mnist_npy").glob("*.npy"))[5]
+        image = np.load(path)
+        item: dict[str, object] = {"mnist": base64.b64encode(image.tobytes()).decode()}
+        if "mnist_label" in info["inputs"]:  # the conditional model also wants the image's label
+            rows = dict(line.split(",") for line in (a.data / "mnist_labels.csv").read_text().split()[1:])
+            item["mnist_label"] = {"CLASS": rows[path.stem]}
+        payload = [item]
         r = client.post("/predict", json=payload)
         r.raise_for_status()
         recon = decode(r.json()["result"][0][out_name], out["shape"])
