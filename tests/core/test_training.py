@@ -4,6 +4,7 @@ import signal
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from eir_core.bundle import load_bundle
 from eir_core.cli.train import main as eirtrain
@@ -74,3 +75,52 @@ def test_final_checkpoint_without_any_interval(tmp_path: Path, digits_dir: Path)
     )
     names = [p.name for p in (tmp_path / "run" / "saved_models").glob("*.safetensors")]
     assert len(names) == 1 and "_checkpoint_24_" in names[0]
+
+
+def test_lazy_reading_matches_memory_dataset(tmp_path: Path, digits_dir: Path) -> None:
+    losses = {}
+    for memory in (True, False):
+        cfg = _cfg(tmp_path, digits_dir, tmp_path / f"run{memory}")
+        cfg.global_config.basic_experiment.n_epochs = 1
+        cfg.global_config.basic_experiment.memory_dataset = memory
+        t = Trainer(cfg, TrainOptions(no_pbar=True))
+        t.setup()
+        col = t.data.outputs["mnist_output"]
+        assert (col.preloaded is not None) == memory
+        t.train()
+        losses[memory] = [round(x[1], 5) for x in t.train_history]
+    assert losses[True] == losses[False]
+
+
+def test_early_stopping_ends_the_run_and_keeps_a_final_checkpoint(tmp_path: Path, digits_dir: Path) -> None:
+    cfg = _cfg(tmp_path, digits_dir, tmp_path / "run")
+    g = cfg.global_config
+    g.basic_experiment.n_epochs = 50
+    g.evaluation_checkpoint.sample_interval = 5
+    g.evaluation_checkpoint.checkpoint_interval = 5
+    g.training_control.early_stopping_patience = 2
+    g.optimization.lr = 1e-9  # nothing improves: stop after 2 rounds without improvement
+    g.lr_schedule.warmup_steps = 0
+    g.lr_schedule.lr_schedule = "same"
+    t = Trainer(cfg, TrainOptions(no_pbar=True))
+    t.setup()
+    assert t.train() == 0
+    assert t.iteration < t.total_iters
+    names = [p.name for p in (tmp_path / "run" / "saved_models").glob("*.safetensors")]
+    assert any(f"_checkpoint_{t.iteration}_" in n for n in names)
+
+
+def test_inputs_and_outputs_sharing_no_id_is_an_error(tmp_path: Path, digits_dir: Path) -> None:
+    import shutil
+
+    from eir_core.errors import DataError
+
+    other = tmp_path / "other" / "mnist_npy"
+    other.mkdir(parents=True)
+    for p in sorted((digits_dir / "mnist_npy").glob("*.npy"))[:50]:
+        shutil.copy(p, other / f"x{p.name}")
+    cfg = _cfg(tmp_path, digits_dir, tmp_path / "run")
+    cfg.input_configs[0].input_info.input_source = str(other)
+    t = Trainer(cfg, TrainOptions(no_pbar=True))
+    with pytest.raises(DataError, match="share no sample ID"):
+        t.setup()

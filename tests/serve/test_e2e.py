@@ -110,3 +110,38 @@ def test_cli_refuses_bad_model_paths(tmp_path: Path) -> None:
         env={k: v for k, v in os.environ.items() if not k.startswith("EIR_SERVE_")},
     )
     assert r.returncode == 2 and "EIR_SERVE_MODEL_PATH" in r.stderr
+
+
+EIR_EXAMPLE = (
+    Path(__file__).resolve().parents[3] / "shared" / "anchors" / "eir_tutorial" / "python_request_example_module.py"
+)
+
+
+def test_eirs_own_request_example_works_unchanged_but_paths(
+    tiny_bundle: Path, digits_dir: Path, tmp_path: Path
+) -> None:
+    """EIR's tutorial client (from ../shared, not copied here), with only its data path and URL changed."""
+    assert EIR_EXAMPLE.is_file(), f"{EIR_EXAMPLE} is missing: CI runs with ../shared beside the repository"
+    port = free_port()
+    source = EIR_EXAMPLE.read_text()
+    assert (
+        "localhost:8000" in source and "eir_tutorials/d_array_output/01_array_mnist_generation/data/mnist_npy" in source
+    )
+    script = tmp_path / "client.py"
+    script.write_text(
+        source.replace("localhost:8000", f"127.0.0.1:{port}").replace(
+            "eir_tutorials/d_array_output/01_array_mnist_generation/data/mnist_npy", str(digits_dir / "mnist_npy")
+        )
+    )
+    proc = subprocess.Popen(
+        [*EIRSERVE, "--model-path", str(tiny_bundle), "--port", str(port), "--log-level", "warning"],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+        r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("{'result': [{'mnist_output': '")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
