@@ -1,0 +1,20 @@
+# Trainer image: eir-core with its training extra. Build from the repo root:
+#   docker build -f docker/train.Dockerfile -t eir-train .
+FROM python:3.11-slim
+
+ARG TORCH_SPEC=torch==2.13.0
+ARG TORCH_INDEX_URL=
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 MPLCONFIGDIR=/tmp/mpl
+
+RUN pip install "${TORCH_SPEC}" ${TORCH_INDEX_URL:+--index-url ${TORCH_INDEX_URL}} \
+ && pip install "numpy>=1.26" "safetensors>=0.4" "pydantic>=2.6" "pyyaml>=6.0" \
+      "pytorch-optimizer>=3.0" "matplotlib>=3.8" "scikit-learn>=1.4" "tqdm>=4.66"
+
+COPY packages/core /src/packages/core
+RUN pip install --no-deps /src/packages/core && rm -rf /src \
+ && useradd --create-home --uid 10001 eir && mkdir /models && chown eir /models
+COPY examples/tutorial /app/examples/tutorial
+COPY docker/train_once.sh /app/train_once.sh
+WORKDIR /app
+USER eir
+ENTRYPOINT ["bash", "/app/train_once.sh"]

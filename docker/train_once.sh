@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Train the tutorial model into /models once; a later start finds the bundle and does nothing.
+#   TUTORIAL_RUN=autoencoder|conditional (default autoencoder), SIZE=8|28 (default 8)
+set -euo pipefail
+out=${MODELS_DIR:-/models}
+if ls "$out"/saved_models/*.safetensors >/dev/null 2>&1; then
+  echo "bundle already in $out; skipping training"; exit 0
+fi
+size=${SIZE:-8}
+conf=examples/tutorial/digits8; [ "$size" = 28 ] && conf=examples/tutorial
+data=/tmp/data
+if [ "$size" = 28 ]; then eir-data digits --size 28 --count 10000 --output-folder "$data"
+else eir-data digits --output-folder "$data"; fi
+src="$data/mnist_npy"
+if [ "${TUTORIAL_RUN:-autoencoder}" = conditional ]; then
+  set -- --input_configs "$conf/input_mnist_array_with_label.yaml" "$conf/input_mnist_label.yaml" \
+    --output_configs "$conf/output_with_label.yaml" \
+    "--input_mnist_array_with_label.input_info.input_source=$src" \
+    "--input_mnist_label.input_info.input_source=$data/mnist_labels.csv" \
+    "--output_with_label.output_info.output_source=$src"
+else
+  set -- --input_configs "$conf/input_mnist_array.yaml" --output_configs "$conf/output.yaml" \
+    "--input_mnist_array.input_info.input_source=$src" "--output.output_info.output_source=$src"
+fi
+# Train into a scratch folder on the volume, then move it in place: a half-trained run is
+# never mistaken for a finished one.
+rm -rf "$out/.training"
+eirtrain --global_configs "$conf/globals.yaml" "$@" \
+  "--globals.basic_experiment.output_folder=$out/.training" --no-pbar
+mv "$out/.training/saved_models" "$out/saved_models"
+echo "trained: $(ls "$out"/saved_models)"
