@@ -13,7 +13,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 DEMO_DIR ?= examples/tutorial
 
-.PHONY: setup demo demo-conditional test lint bench clean
+.PHONY: setup browser demo demo-conditional test lint bench docker-smoke clean
 
 $(VENV)/.installed: packages/core/pyproject.toml requirements-dev.txt $(wildcard services/serve/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,13 @@ demo: setup
 demo-conditional: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash $(DEMO_DIR)/run_demo.sh conditional
 
-test: setup
+# The web page test drives a real headless Chromium: Debian's package, installed if missing.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Debian's chromium package (sudo apt-get install chromium) for the web page test" >&2; exit 1; fi; }
+
+test: setup browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
@@ -40,6 +46,9 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/train_throughput.py
+
+docker-smoke:
+	bash scripts/docker_smoke.sh
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)/runs $(DEMO_DIR)/data

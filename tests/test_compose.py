@@ -1,0 +1,36 @@
+"""compose.yaml and the Dockerfiles, checked structurally (no Docker engine needed).
+`scripts/docker_smoke.sh` builds and runs them for real where an engine is available."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compose_trains_once_then_serves_with_healthcheck() -> None:
+    c = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    train, serve = c["services"]["train"], c["services"]["serve"]
+    assert train["build"]["dockerfile"] == "docker/train.Dockerfile"
+    assert serve["build"]["dockerfile"] == "docker/serve.Dockerfile"
+    assert serve["depends_on"]["train"]["condition"] == "service_completed_successfully"
+    assert serve["restart"] == "on-failure"
+    assert "/ready" in " ".join(serve["healthcheck"]["test"])
+    assert any(str(p).endswith(":8000") for p in serve["ports"])
+    assert "models:/models" in train["volumes"] and "models:/models:ro" in serve["volumes"]
+    assert serve["read_only"] is True
+    assert "models" in c["volumes"]
+    gpu = c["services"]["serve-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_serve_image_is_non_root_with_healthcheck_and_no_training_extra() -> None:
+    text = (ROOT / "docker" / "serve.Dockerfile").read_text()
+    assert text.startswith("#") and "FROM python:3.11-slim" in text
+    assert "USER eir" in text and "HEALTHCHECK" in text and 'ENTRYPOINT ["eirserve"]' in text
+    assert "[train]" not in text and "matplotlib" not in text and "scikit-learn" not in text
+    assert text.index('pip install "${TORCH_SPEC}"') < text.index("COPY packages/core")  # deps cached first
+    assert "USER eir" in (ROOT / "docker" / "train.Dockerfile").read_text()
