@@ -144,6 +144,9 @@ class Trainer:
             )
         elif self.opts.resume and not (d / "resume" / "state.safetensors").is_file():
             raise RunFolderError(f"{d}: nothing to resume (no resume/state.safetensors); drop --resume")
+        if self.opts.resume:  # temporary files of writes a crash interrupted: never complete, drop them
+            for stale in [*d.glob("saved_models/.*.tmp"), *d.glob("resume/.*.tmp")]:
+                stale.unlink(missing_ok=True)
         (d / "saved_models").mkdir(parents=True, exist_ok=True)
 
     def _model_spec(self) -> ModelSpec:
