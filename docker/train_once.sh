@@ -24,8 +24,10 @@ else
 fi
 # Train into a scratch folder on the volume, then move it in place: a half-trained run is
 # never mistaken for a finished one.
+# (The run's own folder name, "tutorial", names the checkpoints; a leading dot would hide them.)
 rm -rf "$out/.training"
 eirtrain --global_configs "$conf/globals.yaml" "$@" \
-  "--globals.basic_experiment.output_folder=$out/.training" --no-pbar
-mv "$out/.training/saved_models" "$out/saved_models"
+  "--globals.basic_experiment.output_folder=$out/.training/tutorial" --no-pbar
+mv "$out/.training/tutorial/saved_models" "$out/saved_models"
+rm -rf "$out/.training"
 echo "trained: $(ls "$out"/saved_models)"

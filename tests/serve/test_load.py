@@ -73,6 +73,9 @@ def test_concurrency_64_no_errors_flat_memory(tiny_bundle: Path, digits_dir: Pat
         assert set(codes) == {200}, codes
         assert sum(codes.values()) > 200
         first, last = np.mean(thirds[0]), np.mean(thirds[2])
+        print(json.dumps({"seconds": SECONDS, "requests": sum(codes.values()), "codes": codes,  # shown with -s
+                          "rss_mb_first_third": round(first, 1), "rss_mb_last_third": round(last, 1),
+                          "max_queue_depth": max(depths)}))  # fmt: skip
         assert (last - first) / first < 0.10, (first, last)
         assert max(depths) <= 256
     finally:
