@@ -102,3 +102,32 @@ def test_codec_refuses_every_wrong_form(value: object) -> None:
         return
     assert isinstance(value, str) and out.shape == (1, 2, 2)
     assert base64.b64decode(value, validate=True) == out.tobytes()
+
+
+def test_a_client_that_goes_away_does_not_poison_later_batches() -> None:
+    gate = threading.Event()
+
+    def slow(items, seeds):  # type: ignore[no-untyped-def]
+        gate.wait(5)
+        return [i + 100 for i in items]
+
+    b = Batcher(slow, max_batch_size=8, batch_timeout_s=0, max_queue=64)
+    b.start()
+
+    async def scenario() -> None:
+        running = asyncio.create_task(b.submit([1], [0]))
+        await asyncio.sleep(0.05)
+        gone = asyncio.create_task(b.submit([2], [0]))  # queued behind the running batch
+        await asyncio.sleep(0.05)
+        gone.cancel()  # the client disconnected
+        stays = asyncio.create_task(b.submit([3], [0]))
+        await asyncio.sleep(0.05)
+        gate.set()
+        assert await running == [101]
+        assert await stays == [103]
+        assert gone.cancelled()
+        assert await b.submit([4, 5], [0, 1]) == [104, 105]
+        assert b.queue_depth == 0
+
+    asyncio.run(scenario())
+    b.stop()

@@ -96,15 +96,42 @@ def _do(job: dict[str, Any]) -> None:
 
 
 def serve(stream: IO[str]) -> None:
+    import threading
+
     import matplotlib.figure  # noqa: F401 - warm the imports before the first job arrives
 
     try:
         import sklearn.manifold  # noqa: F401
     except ImportError:
         pass
-    for line in stream:
+    pending: list[dict[str, Any]] = []
+    cond = threading.Condition()
+    done = False
+
+    def read() -> None:
+        nonlocal done
+        for line in stream:
+            with cond:
+                pending.append(json.loads(line))
+                cond.notify()
+        with cond:
+            done = True
+            cond.notify()
+
+    threading.Thread(target=read, daemon=True).start()
+    while True:
+        with cond:
+            while not pending and not done:
+                cond.wait()
+            if not pending:
+                return
+            job = pending.pop(0)
+            # A curve is redrawn whole at every validation: skip it when a newer one is queued.
+            stale = job["kind"] == "curve" and any(j.get("path") == job["path"] for j in pending)
+        if stale:
+            continue
         try:
-            _do(json.loads(line))
+            _do(job)
         except Exception as e:  # report and go on with the next job
             print(f"eir renderer: {type(e).__name__}: {e}", file=sys.stderr)
 
