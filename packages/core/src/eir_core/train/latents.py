@@ -39,10 +39,6 @@ class LatentRecorder:
                 )
             self.modules[layer] = named[layer]
 
-    @classmethod
-    def create(cls, model: nn.Module, cfg: LatentSamplingConfig | None, run_dir: Path) -> LatentRecorder:
-        return cls(model, cfg, run_dir)
-
     @property
     def limit(self) -> int:
         return int(self.cfg.max_samples_for_viz or 10**12) if self.cfg else 0

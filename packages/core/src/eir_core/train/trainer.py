@@ -11,7 +11,6 @@ modules. Differences from EIR worth knowing (all deliberate):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -83,7 +82,7 @@ class Trainer:
         )
         self.spec = self._model_spec()
         self.model = MetaModel(self.spec).to(self.device)
-        self.latents = LatentRecorder.create(self.model, self.cfg.global_config.latent_sampling, self.run_dir)
+        self.latents = LatentRecorder(self.model, self.cfg.global_config.latent_sampling, self.run_dir)
         g = self.cfg.global_config
         self.batch_size = g.basic_experiment.batch_size
         n_train = len(self.data.train_idx)
@@ -531,10 +530,3 @@ def run_seed() -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"EIR_SEED={raw!r} is not an integer") from None
-
-
-def summary_json(trainer: Trainer) -> str:
-    best = max(trainer.valid_history, key=lambda v: v[2]) if trainer.valid_history else None
-    return json.dumps(
-        {"iterations": trainer.iteration, "best": best, "checkpoints": [p.name for _, _, p in trainer.keeper.kept]}
-    )

@@ -9,8 +9,6 @@ from fastapi import APIRouter, Query, Request
 from eir_serve.deps import ServiceDep
 from eir_serve.service import read_json_body
 
-router = APIRouter(tags=["eir"])
-
 PREDICT_DOC = """A JSON **list** of items, each an object keyed by input name (EIR's payload):
 
 * array input: base64 of the raw C-order bytes in the training dtype and shape (see `/info`),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from eir_serve.codec import encode_array
 from eir_serve.deps import ServiceDep
 from eir_serve.service import read_json_body
 
@@ -38,14 +38,5 @@ echo_router = APIRouter(tags=["ops"])
 @echo_router.post("/echo", description="Benchmark aid: /predict's decoding and encoding without the model.")
 async def echo(request: Request, service: ServiceDep) -> dict[str, Any]:
     items = service.decode_items(await read_json_body(request, service.settings.max_body_bytes))
-    out = next(iter(service.outputs.values()))
-    name = next(iter(service.outputs))
-    shape = tuple(out["shape"])
-    fake = [{name: _zeros(shape)} for _ in items]
-    return {"result": [{n: encode_array(a) for n, a in r.items()} for r in fake]}
-
-
-def _zeros(shape: tuple[int, ...]) -> Any:
-    import numpy as np
-
-    return np.zeros(shape, np.float32)
+    zeros = {name: np.zeros(e["shape"], np.float32) for name, e in service.outputs.items()}
+    return service.encode([zeros for _ in items])
