@@ -1,6 +1,6 @@
 """Training throughput of `eirtrain` vs a bare PyTorch loop of the same model, in one run.
 
-    python benchmarks/train_throughput.py [--size 28] [--count 10000] [--epochs 10] [--with-eir]
+    python benchmarks/train_throughput.py [--size 28] [--count 10000] [--epochs 10] [--nproc 2] [--with-eir]
 
 1. Writes the built-in digits (28x28 variant, 10 000 images by default) to a temp folder.
 2. Runs `eirtrain` on the tutorial's run-1 YAMLs (examples/tutorial/) as a subprocess:
@@ -9,7 +9,9 @@
 3. Runs a bare loop in this process: the same MetaModel, batch size, optimizer (AdaBelief) and
    number of iterations over a preloaded normalized tensor, with no validation, no sampling,
    no checkpoints: the floor that the trainer's loop is compared with.
-4. With --with-eir and the anchor installed (../shared/anchors/eir.sh install), runs the
+4. Runs the same configs under torchrun with --nproc processes (gloo, same global batch 64, so
+   32 per process; torchrun gives each process one intra-op thread). 0 skips it.
+5. With --with-eir and the anchor installed (../shared/anchors/eir.sh install), runs the
    original EIR on the same data and configs for a side-by-side figure.
 
 Prints a table and writes benchmarks/results/train_throughput.{json,md}.
@@ -45,10 +47,13 @@ def make_data(folder: Path, size: int, count: int) -> Path:
     return folder
 
 
-def run_eirtrain(data: Path, run: Path, epochs: int) -> dict[str, float]:
+def run_eirtrain(data: Path, run: Path, epochs: int, nproc: int = 1) -> dict[str, float]:
     src = str(data / "mnist_npy")
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     cmd = [
-        sys.executable, "-m", "eir_core.cli.train",
+        *launcher, "-m", "eir_core.cli.train",
         "--global_configs", str(TUTORIAL / "globals.yaml"),
         "--input_configs", str(TUTORIAL / "input_mnist_array.yaml"),
         "--output_configs", str(TUTORIAL / "output.yaml"),
@@ -79,7 +84,7 @@ def run_eirtrain(data: Path, run: Path, epochs: int) -> dict[str, float]:
         "iterations": iters,
         "samples_per_s_whole_process": round(iters * batch / wall, 1),
         "samples_per_s_loop": round(iters * batch / loop_s, 1),
-        "peak_rss_mb": round(max(peak_kb, before) / 1024, 1),
+        "peak_rss_mb": round(max(peak_kb, before) / 1024, 1),  # the largest single process
         "final_validation_mse": float(last_valid[1]),
         "final_iteration": int(last_valid[0]),
     }
@@ -166,12 +171,14 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=28, choices=(8, 28))
     ap.add_argument("--count", type=int, default=10000)
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--nproc", type=int, default=2, help="processes for the torchrun figure (0: skip it)")
     ap.add_argument("--with-eir", action="store_true")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(Path(tmp) / "data", a.size, a.count)
         ours = run_eirtrain(data, Path(tmp) / "run", a.epochs)
         bare = bare_loop(data, int(ours["iterations"]))
+        ddp = run_eirtrain(data, Path(tmp) / "run_ddp", a.epochs, a.nproc) if a.nproc > 1 else None
         eir = run_eir_anchor(Path(tmp), a.epochs) if a.with_eir else None
     result = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
@@ -179,9 +186,13 @@ def main() -> None:
         "eirtrain": ours,
         "bare_loop": bare,
         "ratio_trainer_loop_over_bare_loop": round(ours["loop_s"] / bare["loop_s"], 3),
+        "eirtrain_torchrun": ddp,
         "eir_0_25": eir,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
+    if ddp:
+        ratio = ddp["samples_per_s_loop"] / ours["samples_per_s_loop"]
+        result["ratio_torchrun_over_one_process_loop"] = round(ratio, 2)
     if eir:
         result["ratio_whole_process_ours_over_eir"] = round(
             ours["samples_per_s_whole_process"] / eir["samples_per_s_whole_process"], 2
@@ -205,6 +216,16 @@ def main() -> None:
         f"| peak RSS of eirtrain | {ours['peak_rss_mb']} MB |",
         f"| final validation MSE (iteration {ours['final_iteration']}) | {ours['final_validation_mse']:.4f} |",
     ]
+    if ddp:
+        lines += [
+            f"| torchrun, {a.nproc} processes (gloo, 32 samples each per step): whole process "
+            f"| {ddp['samples_per_s_whole_process']} samples/s ({ddp['wall_s']} s) |",
+            f"| torchrun training loop | {ddp['loop_s']} s ({ddp['samples_per_s_loop']} samples/s) |",
+            f"| ratio torchrun loop / one-process loop (samples/s) | {round(ratio, 2)} |",
+            f"| torchrun peak RSS, largest process | {ddp['peak_rss_mb']} MB |",
+            f"| torchrun final validation MSE (iteration {ddp['final_iteration']}) "
+            f"| {ddp['final_validation_mse']:.4f} |",
+        ]
     if eir:
         lines += [
             f"| EIR 0.25 wall time (same data and YAMLs) | {eir['wall_s']} s |",

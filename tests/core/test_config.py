@@ -76,6 +76,14 @@ def test_valid_eir_option_not_built_here_says_so(tmp_path: Path, digits_dir: Pat
         build_experiment_config([f["g"]], [f["a"]], [f["o"]])
 
 
+def test_eir_multi_device_options_point_to_torchrun(tmp_path: Path, digits_dir: Path) -> None:
+    f = _files(tmp_path, digits_dir)
+    for token in ("--globals.accelerator.devices=2", "--globals.accelerator.strategy=ddp"):
+        with pytest.raises(ConfigError, match=r"not implemented here: globals: accelerator\..*torchrun --standalone"):
+            build_experiment_config([f["g"]], [f["a"]], [f["o"]], override_tokens=[token])
+    build_experiment_config([f["g"]], [f["a"]], [f["o"]], override_tokens=["--globals.accelerator.devices=1"])
+
+
 def test_overrides_by_file_stem_literals_and_unknown_stem(tmp_path: Path, digits_dir: Path) -> None:
     f = _files(tmp_path, digits_dir)
     cfg = build_experiment_config(

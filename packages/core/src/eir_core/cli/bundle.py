@@ -31,6 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"bundle    {args.file}")
     print(f"format    {m['format']} v{m['format_version']} (eir-core {m.get('package_version')})")
     print(f"run       {m.get('run_name')}  iteration {t.get('iteration')}  perf-average {t.get('perf_average')}")
+    if "world_size" in t:
+        per = t.get("batch_size_per_process")
+        print(
+            f"trained   {t['world_size']} process(es), global batch {t.get('batch_size', '?')}"
+            + (f" ({per} per process)" if per is not None else "")
+        )
     for e in m["inputs"]:
         if e["type"] == "array":
             print(f"input     {e['name']}: array {e['shape']} {e['dtype']} normalization={e.get('normalization')}")

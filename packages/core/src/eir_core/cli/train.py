@@ -1,4 +1,8 @@
-"""``eirtrain``: EIR's training command line (spec section 1) plus --resume / --overwrite."""
+"""``eirtrain``: EIR's training command line (spec section 1) plus --resume / --overwrite.
+
+The same module runs under torchrun for several processes:
+``torchrun --standalone --nproc-per-node 2 -m eir_core.cli.train <the same flags>``.
+"""
 
 from __future__ import annotations
 
@@ -31,10 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def setup_logging(run_dir: Path | None, level: str = "info") -> None:
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+def setup_logging(run_dir: Path | None, level: str = "info", rank: int | None = None) -> None:
+    """Log to stderr (and the run's ``logging_history.log``). Ranks other than 0 of a distributed
+    run log warnings only, tagged with their rank, and write no file."""
+    tag = f" [rank {rank}]" if rank is not None else ""
+    fmt = logging.Formatter(f"%(asctime)s %(levelname)s{tag} %(message)s", "%H:%M:%S")
     root = logging.getLogger()
-    root.setLevel(level.upper())
+    root.setLevel("WARNING" if rank else level.upper())
+    if rank:
+        run_dir = None
     for h in list(root.handlers):
         root.removeHandler(h)
     stream = logging.StreamHandler(sys.stderr)
@@ -59,11 +68,23 @@ def _prefetch_training_imports() -> None:
     threading.Thread(target=work, name="prefetch-imports", daemon=True).start()
 
 
+def _lost_peer(e: BaseException) -> bool:
+    import torch.distributed as td
+
+    return isinstance(e, td.DistError) or "Connection closed by peer" in str(e) or "Connection reset" in str(e)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     _prefetch_training_imports()
+    from eir_core.train.distributed import Dist, PeerFailed
+
+    dist = Dist()
+    prog = "eirtrain"
     try:
+        dist = Dist.from_env()
+        prog = f"eirtrain[rank {dist.rank}]" if dist.enabled else prog
         from eir_core.config.load import build_experiment_config
         from eir_core.train.trainer import Trainer, TrainOptions, run_seed
 
@@ -71,20 +92,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.global_configs, args.input_configs, args.output_configs, args.fusion_configs, extra
         )
         g = cfg.global_config
-        setup_logging(None, g.visualization_logging.log_level)
+        rank = dist.rank if dist.enabled else None
+        setup_logging(None, g.visualization_logging.log_level, rank)
         no_pbar = True if g.visualization_logging.no_pbar else args.no_pbar
         trainer = Trainer(
-            cfg, TrainOptions(resume=args.resume, overwrite=args.overwrite, seed=run_seed(), no_pbar=no_pbar)
+            cfg, TrainOptions(resume=args.resume, overwrite=args.overwrite, seed=run_seed(), no_pbar=no_pbar), dist
         )
         trainer.setup()
-        setup_logging(trainer.run_dir, g.visualization_logging.log_level)
+        setup_logging(trainer.run_dir, g.visualization_logging.log_level, rank)
         return trainer.train()
+    except PeerFailed as e:
+        print(f"{prog}: stopping: {e}", file=sys.stderr)
+        return 2
     except EirError as e:
-        print(f"eirtrain: error: {e}", file=sys.stderr)
+        if dist.enabled and dist.rank and not dist.backend:
+            return 2  # every rank read the same configs; rank 0 prints the one message
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("eirtrain: aborted", file=sys.stderr)
+        print(f"{prog}: aborted", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        if not (dist.backend and _lost_peer(e)):
+            raise
+        # A peer died (crash, kill): its own output says why; this rank only explains its exit.
+        print(f"{prog}: lost contact with the other processes ({str(e).splitlines()[0][:200]})", file=sys.stderr)
+        return 1
+    finally:
+        dist.close()
 
 
 if __name__ == "__main__":

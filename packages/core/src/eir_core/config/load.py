@@ -241,6 +241,12 @@ def build_experiment_config(
             "supported by EIR, not implemented here: "
             + "; ".join(missing)
             + ". Remove the key or set it back to its default."
+            + (
+                " For several processes or machines, start eirtrain under torchrun instead: "
+                "torchrun --standalone --nproc-per-node N -m eir_core.cli.train <same flags>"
+                if any("accelerator." in m for m in missing)
+                else ""
+            )
         )
     return cfg
 

@@ -406,6 +406,7 @@ _GLOBAL_UNSUPPORTED: dict[str, Any] = {
     "accelerator.strategy": "auto",
     "accelerator.num_nodes": 1,
 }
+_DEVICES_HERE = ("auto", 1, "1")
 
 
 def unsupported_options(cfg: ExperimentConfig) -> list[str]:
@@ -419,6 +420,8 @@ def unsupported_options(cfg: ExperimentConfig) -> list[str]:
         found.append("globals: lr_schedule.lr_schedule='cycle'")
     if g.optimization.optimizer not in OPTIMIZERS_HERE:
         found.append(f"globals: optimization.optimizer={g.optimization.optimizer!r}")
+    if g.accelerator.devices not in _DEVICES_HERE:
+        found.append(f"globals: accelerator.devices={g.accelerator.devices!r}")
     if g.accelerator.precision not in ("32-true", "32"):
         found.append(f"globals: accelerator.precision={g.accelerator.precision!r}")
     for ic in cfg.input_configs:

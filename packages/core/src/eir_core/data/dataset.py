@@ -113,6 +113,26 @@ class RunData:
     outputs: dict[str, ArrayColumn]
     stats_by_key: dict[tuple[str, str | None, int | None], NormStats] = field(default_factory=dict)
 
+    def fitted_state(self) -> dict[str, object]:
+        """What was learned from the training split (array statistics in the order they were
+        computed, tabular encodings by input), as JSON: the other ranks of a distributed run
+        receive it from rank 0 instead of computing their own."""
+        return {
+            "stats": [
+                {"kind": s.kind, "mean": s.mean.tolist(), "std": s.std.tolist()} for s in self.stats_by_key.values()
+            ],
+            "encodings": {n: c.encoding.to_json() for n, c in self.inputs.items() if isinstance(c, TabularColumn)},
+        }
+
+    def fingerprint(self) -> dict[str, object]:
+        """A short summary of the samples and split, for checking that every rank sees the same data."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for part in ("\n".join(self.ids).encode(), self.train_idx.tobytes(), self.valid_idx.tobytes()):
+            h.update(part)
+        return {"n_ids": len(self.ids), "n_train": len(self.train_idx), "sha256": h.hexdigest()[:16]}
+
     def batch(self, idx: np.ndarray) -> tuple[dict[str, object], dict[str, torch.Tensor], dict[str, np.ndarray]]:
         """(model inputs, normalized targets, input presence masks) for run indices ``idx``."""
         inputs = {name: col.get(idx) for name, col in self.inputs.items()}
@@ -125,8 +145,15 @@ def _rows_for(ids: list[str], lookup: dict[str, int]) -> np.ndarray:
     return np.array([lookup.get(i, -1) for i in ids], dtype=np.int64)
 
 
-def build_run_data(cfg: ExperimentConfig, seed: int) -> RunData:
+def build_run_data(cfg: ExperimentConfig, seed: int, fitted: dict[str, object] | None = None) -> RunData:
+    """Read the sources, split, fit statistics on the training split and wrap it all up.
+
+    ``fitted`` (from :meth:`RunData.fitted_state` of another process) replaces the fitting, so
+    every rank of a distributed run normalizes with exactly rank 0's numbers.
+    """
     ge = cfg.global_config.basic_experiment
+    given_stats = list(fitted["stats"]) if fitted else None  # type: ignore[call-overload]
+    given_encodings: dict[str, object] = dict(fitted["encodings"]) if fitted else {}  # type: ignore[call-overload]
     sources: dict[str, ArraySource] = {}
 
     def source(path: str) -> ArraySource:
@@ -175,6 +202,13 @@ def build_run_data(cfg: ExperimentConfig, seed: int) -> RunData:
 
     def stats_for(src: ArraySource, rows: np.ndarray, kind: str | None, max_n: int | None) -> NormStats:
         key = (str(src.source.resolve()), kind, max_n)
+        if key not in stats_cache and given_stats is not None:
+            if not given_stats:
+                raise DataError("the statistics received from rank 0 do not match this rank's configs")
+            g = given_stats.pop(0)
+            stats_cache[key] = NormStats(
+                g["kind"], np.asarray(g["mean"], dtype=np.float32), np.asarray(g["std"], dtype=np.float32)
+            )
         if key not in stats_cache:
             train_rows = rows[train_idx]
             train_rows = train_rows[train_rows >= 0][: max_n or None]
@@ -207,7 +241,10 @@ def build_run_data(cfg: ExperimentConfig, seed: int) -> RunData:
         else:
             table = tables[ic.name]
             rows = _rows_for(ids, {sid: i for i, sid in enumerate(table.ids)})
-            enc = fit_encoding(table, rows[train_idx][rows[train_idx] >= 0])
+            if ic.name in given_encodings:
+                enc = TabularEncoding.from_json(given_encodings[ic.name])  # type: ignore[arg-type]
+            else:
+                enc = fit_encoding(table, rows[train_idx][rows[train_idx] >= 0])
             inputs[ic.name] = _tabular_column(ic.name, table, enc, rows)
     outputs = {}
     for oc in cfg.output_configs:

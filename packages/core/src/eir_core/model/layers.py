@@ -21,7 +21,12 @@ class LayerScale(nn.Module):
 
 
 class StochasticDepth(nn.Module):
-    """Drops the whole residual branch for the whole batch with probability p (training only)."""
+    """Drops the whole residual branch for the whole batch with probability p (training only).
+
+    A dropped branch is multiplied by zero rather than replaced, so its parameters still get
+    (zero) gradients: the optimizer treats them alike in every step, and DistributedDataParallel
+    sees every parameter used even when ranks drop different branches.
+    """
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -31,9 +36,8 @@ class StochasticDepth(nn.Module):
         if not self.training or self.p == 0.0:
             return x
         keep = 1.0 - self.p
-        if torch.rand((), device=x.device) >= keep:
-            return torch.zeros_like(x)
-        return x / keep
+        scale = 0.0 if float(torch.rand(())) >= keep else 1.0 / keep
+        return x * scale
 
 
 class LCL(nn.Module):

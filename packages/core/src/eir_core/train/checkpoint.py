@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from eir_core.bundle import atomic_write_bytes
@@ -94,12 +96,16 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"cannot store {type(o).__name__} in the resume state")
 
 
-def load_resume_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    if not path.is_file():
-        raise RunFolderError(f"{path}: no resume state; this run cannot be resumed (use --overwrite to start over)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+def load_resume_state(
+    raw: bytes, model: torch.nn.Module, optimizer: torch.optim.Optimizer, source: str = "resume state"
+) -> dict[str, Any]:
+    """Restore weights, optimizer and torch RNG from the bytes of ``resume/state.safetensors``."""
+    try:
+        tensors = st_load(raw)
+        (header_len,) = struct.unpack("<Q", raw[:8])
+        meta = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
+    except (SafetensorError, struct.error, ValueError) as e:
+        raise RunFolderError(f"{source}: unreadable resume state ({e}); use --overwrite to start over") from None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     opt_meta = json.loads(meta["optimizer"])
     state: dict[int, dict[str, Any]] = {}

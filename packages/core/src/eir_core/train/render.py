@@ -137,4 +137,9 @@ def serve(stream: IO[str]) -> None:
 
 
 if __name__ == "__main__":
+    # Ctrl-C reaches the whole process group; the trainer decides when drawing ends (it closes
+    # stdin), so the renderer finishes the plots of the checkpoint being saved instead of dying.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     serve(sys.stdin)

@@ -7,6 +7,11 @@ modules. Differences from EIR worth knowing (all deliberate):
 * Ctrl-C / SIGTERM finish the current step, write a checkpoint and the resume state, then
   exit with 130 / 143;
 * checkpoints are safetensors bundles, written atomically.
+
+Under ``torchrun`` (see ``distributed.py``) every rank runs this same outline: ``batch_size``
+stays the global batch of one optimizer step and each rank takes its share of it, rank 0
+alone fits the statistics, validates and writes files, and the decisions that end a run
+(last iteration, early stopping, a signal on any rank) are made from numbers all ranks share.
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ from torch import nn
 
 from eir_core.config.schema import ArrayInputConfig, ExperimentConfig
 from eir_core.data.dataset import ArrayColumn, RunData, TabularColumn, build_run_data
-from eir_core.errors import ConfigError, RunFolderError
+from eir_core.errors import ConfigError, DataError, RunFolderError
 from eir_core.imputation import impute_array_, impute_tabular_, modality_dropout, null_codes
 from eir_core.model.meta import InputSpec, MetaModel, ModelSpec, OutputSpec
 from eir_core.predict import resolve_device
 from eir_core.train.checkpoint import CheckpointKeeper, checkpoint_name, load_resume_state, save_resume_state
+from eir_core.train.distributed import Dist
 from eir_core.train.latents import LatentRecorder
 from eir_core.train.optim import LRSchedule, build_optimizer
 from eir_core.train.progress import Progress
@@ -58,9 +64,10 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, has_nan: bool) -> torch
 
 
 class Trainer:
-    def __init__(self, cfg: ExperimentConfig, options: TrainOptions) -> None:
+    def __init__(self, cfg: ExperimentConfig, options: TrainOptions, dist: Dist | None = None) -> None:
         self.cfg = cfg
         self.opts = options
+        self.dist = dist or Dist()
         g = cfg.global_config
         self.run_dir = Path(g.basic_experiment.output_folder)
         self.run_name = self.run_dir.name
@@ -68,12 +75,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        self._prepare_run_folder()
-        torch.manual_seed(self.opts.seed)
-        self.rng = np.random.default_rng(self.opts.seed)
+        dist = self.dist
+        g = self.cfg.global_config
+        self.batch_size = g.basic_experiment.batch_size
+        self._check_world_size()
         self.device = self._device()
+        dist.init(self.device)
+        dist.from_main(self._prepare_run_folder)
+        torch.manual_seed(self.opts.seed)
+        self.rng = np.random.default_rng(self.opts.seed if not dist.enabled else [self.opts.seed, dist.rank])
         t0 = time.perf_counter()
-        self.data: RunData = build_run_data(self.cfg, self.opts.seed)
+        self.data: RunData = self._load_data()
         log.info(
             "data: %d train, %d valid samples (%.2fs)",
             len(self.data.train_idx),
@@ -83,9 +95,9 @@ class Trainer:
         self.spec = self._model_spec()
         self.model = MetaModel(self.spec).to(self.device)
         self.latents = LatentRecorder(self.model, self.cfg.global_config.latent_sampling, self.run_dir)
-        g = self.cfg.global_config
-        self.batch_size = g.basic_experiment.batch_size
         n_train = len(self.data.train_idx)
+        if n_train < dist.world_size:
+            raise ConfigError(f"{n_train} training samples cannot be shared by {dist.world_size} processes")
         self.drop_last = n_train >= self.batch_size
         self.iters_per_epoch = n_train // self.batch_size if self.drop_last else 1
         self.total_iters = self.iters_per_epoch * g.basic_experiment.n_epochs
@@ -109,10 +121,21 @@ class Trainer:
         self._dropout = {ic.name: ic.input_type_info.modality_dropout_rate for ic in self.cfg.input_configs}
         if self.opts.resume:
             self._resume()
-        self._write_configs()
+        self.train_model: nn.Module = self.model
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+            if not self.opts.resume:  # dropout masks differ between ranks (all ranks built the same weights)
+                torch.manual_seed(self.opts.seed * 1000 + 7919 * dist.rank)
         n_params = sum(p.numel() for p in self.model.parameters())
-        (self.run_dir / "model_architecture").mkdir(exist_ok=True)
-        (self.run_dir / "model_architecture" / "model_info.txt").write_text(f"{self.model}\n\nparameters: {n_params}\n")
+        if dist.is_main:
+            self._write_configs()
+            (self.run_dir / "model_architecture").mkdir(exist_ok=True)
+            (self.run_dir / "model_architecture" / "model_info.txt").write_text(
+                f"{self.model}\n\nparameters: {n_params}\n"
+            )
         log.info(
             "model: %d parameters on %s; %d iterations (%d per epoch)",
             n_params,
@@ -120,15 +143,66 @@ class Trainer:
             self.total_iters,
             self.iters_per_epoch,
         )
+        if dist.enabled:
+            log.info(
+                "distributed: %d processes, global batch %d = %d per process; validation and files on rank 0",
+                dist.world_size,
+                self.batch_size,
+                self.batch_size // dist.world_size,
+            )
+
+    def _check_world_size(self) -> None:
+        w = self.dist.world_size
+        if self.batch_size % w:
+            lo, hi = self.batch_size - self.batch_size % w, self.batch_size - self.batch_size % w + w
+            raise ConfigError(
+                f"globals: basic_experiment.batch_size={self.batch_size} is the global batch of one step and "
+                f"must divide evenly among the {w} processes; use {lo or hi} or {hi}, or another --nproc-per-node"
+            )
+
+    def _load_data(self) -> RunData:
+        """Rank 0 reads and fits; the other ranks read with rank 0's statistics and encodings,
+        then every rank checks that it sees the same samples and split."""
+        dist = self.dist
+        if not dist.enabled:
+            return build_run_data(self.cfg, self.opts.seed)
+        box: dict[str, RunData] = {}
+
+        def fit_on_main() -> dict[str, object]:
+            box["data"] = build_run_data(self.cfg, self.opts.seed)
+            return box["data"].fitted_state()
+
+        fitted = dist.from_main(fit_on_main)
+        data = dist.agree(lambda: box.get("data") or build_run_data(self.cfg, self.opts.seed, fitted))
+        prints = dist.all_gather_json(data.fingerprint())
+
+        def check() -> None:
+            if prints[dist.rank] != prints[0]:
+                raise DataError(
+                    f"rank {dist.rank} sees different data than rank 0 ({prints[dist.rank]} vs {prints[0]}); "
+                    "every machine needs the same files at the paths in the configs"
+                )
+
+        dist.agree(check)
+        return data
 
     def _device(self) -> torch.device:
         acc = self.cfg.global_config.accelerator.hardware
         legacy = self.cfg.global_config.basic_experiment.device
         wanted = legacy if acc == "auto" and legacy not in ("cpu",) else acc
         try:
-            return resolve_device(wanted)
+            device = resolve_device(wanted)
         except ValueError as e:
             raise ConfigError(f"globals: accelerator.hardware: {e}") from None
+        if self.dist.enabled and device.type == "cuda":  # one GPU per process, chosen by torchrun's LOCAL_RANK
+            if self.dist.local_rank >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"LOCAL_RANK={self.dist.local_rank} but this machine has {torch.cuda.device_count()} GPU(s); "
+                    "start at most that many processes per node (--nproc-per-node)"
+                )
+            device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(device)
+        return device
 
     def _prepare_run_folder(self) -> None:
         d = self.run_dir
@@ -234,7 +308,9 @@ class Trainer:
                 "perf_average": perf,
                 "validation_loss": valid_loss,
                 "elapsed_s": round(time.perf_counter() - self.t_start, 2),
-                "world_size": 1,
+                "world_size": self.dist.world_size,
+                "batch_size": self.batch_size,
+                "batch_size_per_process": self.batch_size // self.dist.world_size,
                 "seed": self.opts.seed,
             },
         }
@@ -243,8 +319,9 @@ class Trainer:
     def train(self) -> int:
         self.t_start = time.perf_counter()
         self._install_signal_handlers()
+        dist = self.dist
         ec = self.cfg.global_config.evaluation_checkpoint
-        progress = Progress(self.total_iters, self.iteration, self.opts.no_pbar)
+        progress = Progress(self.total_iters, self.iteration, self.opts.no_pbar) if dist.is_main else None
         start_iteration = self.iteration
         loss_sum, loss_n = 0.0, 0
         stopped_early = False
@@ -256,14 +333,23 @@ class Trainer:
             for b in range(
                 start, self.iters_per_epoch * self.batch_size if self.drop_last else len(order), self.batch_size
             ):
-                loss = self._step(order[b : b + self.batch_size])
+                # DistributedSampler's sharding of one global batch: rank r takes every world_size-th sample.
+                loss = self._step(order[b : b + self.batch_size][dist.rank :: dist.world_size])
+                if dist.enabled:  # the global batch's loss, and whether any rank was signalled
+                    stopping = float(self.stop_signal is not None)
+                    loss, n_stopping = dist.all_reduce_sum([loss / dist.world_size, stopping])
+                    if n_stopping and self.stop_signal is None:
+                        self.stop_signal = signal.SIGTERM
+                        log.warning("another rank was signalled: stopping after this step")
                 self.iteration += 1
                 self.train_history.append((self.iteration, loss))
                 loss_sum, loss_n = loss_sum + loss, loss_n + 1
-                progress.update(self.iteration, loss)
+                if progress is not None:
+                    progress.update(self.iteration, loss)
                 if self.iteration == start_iteration + 1:
                     log.info("first training step done, %.2fs after the process started", process_age_s())
-                    self.renderer.start()  # its imports overlap training instead of delaying the end
+                    if dist.is_main:
+                        self.renderer.start()  # its imports overlap training instead of delaying the end
                 last = self.iteration >= self.total_iters
                 if self.iteration % ec.sample_interval == 0 or last or self.stop_signal is not None:
                     perf = self._evaluate(
@@ -284,8 +370,10 @@ class Trainer:
                 self.cfg.global_config.training_control.early_stopping_patience,
             )
             self._evaluate(checkpoint=True, final=True, validated=True)
-        progress.close()
+        if progress is not None:
+            progress.close()
         self.renderer.close()
+        dist.barrier()  # rank 0's last checkpoint is on disk before any rank reports done
         elapsed = time.perf_counter() - self.t_start
         log.info(
             "done: %d iterations in %.1fs (%.0f samples/s)",
@@ -294,9 +382,11 @@ class Trainer:
             self.iteration * self.batch_size / max(elapsed, 1e-9),
         )
         if self.stop_signal is not None:
-            log.warning(
-                "interrupted at iteration %d; state saved. Continue with the same command plus --resume", self.iteration
-            )
+            if dist.is_main:
+                log.warning(
+                    "interrupted at iteration %d; state saved. Continue with the same command plus --resume",
+                    self.iteration,
+                )
             return 128 + self.stop_signal
         return 0
 
@@ -334,7 +424,7 @@ class Trainer:
         g = self.cfg.global_config.optimization
         self.schedule.step(self.iteration)
         inputs, targets = self._prepare(idx, train=True)
-        preds = self.model(inputs)
+        preds = self.train_model(inputs)
         loss = sum(masked_mse(preds[n], targets[n], self._has_nan[n]) for n in preds)
         assert isinstance(loss, torch.Tensor)
         self.optimizer.zero_grad(set_to_none=True)
@@ -366,27 +456,42 @@ class Trainer:
         return {n: sums[n] / max(1, counts[n]) for n in sums}
 
     def _evaluate(self, checkpoint: bool, final: bool, validated: bool = False) -> float:
+        """Validate (rank 0), share the result so every rank's schedule and early stopping move
+        alike, then write samples, curves and the checkpoint (rank 0)."""
         it = self.iteration
+        main = self.dist.is_main
         if validated and self.valid_history and self.valid_history[-1][0] == it:
             loss, perf = self.valid_history[-1][1], self.valid_history[-1][2]
         else:
-            mse = self.validate()
-            loss = sum(mse.values())
-            perf = float(np.mean([1.0 - v for v in mse.values()]))
+            mse = self.validate() if main else {}
+            loss, perf = self.dist.from_main(
+                lambda: [sum(mse.values()), float(np.mean([1.0 - v for v in mse.values()]))]
+            )
             self.valid_history.append((it, loss, perf))
-            for n, v in mse.items():
-                self.output_history[n].append((it, v, None))
             self.schedule.on_validation(it, perf)
-            self.latents.save(it)
-            for layer, (_, ids) in self.latents.last.items():
-                self._plot_latents(it, layer, ids)
-            self.latents.last.clear()
-            self.samples.write(it, self.model.state_dict())
-            self._write_histories()
-            log.info("iteration %d: validation loss %.5f, perf-average %.4f", it, loss, perf)
+            if main:
+                for n, v in mse.items():
+                    self.output_history[n].append((it, v, None))
+                self.latents.save(it)
+                for layer, (_, ids) in self.latents.last.items():
+                    self._plot_latents(it, layer, ids)
+                self.latents.last.clear()
+                self.samples.write(it, self.model.state_dict())
+                self._write_histories()
+                log.info("iteration %d: validation loss %.5f, perf-average %.4f", it, loss, perf)
         if checkpoint:
-            self._checkpoint(it, perf, loss, final)
+            rng_by_rank = self.dist.all_gather_json(self._rng_state()) if self.dist.enabled else None
+            if main:
+                self._checkpoint(it, perf, loss, final, rng_by_rank)
         return perf
+
+    def _rng_state(self) -> dict[str, Any]:
+        import base64
+
+        return {
+            "numpy": self.rng.bit_generator.state,
+            "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        }
 
     def _early_stop(self, perf: float) -> bool:
         tc = self.cfg.global_config.training_control
@@ -400,7 +505,7 @@ class Trainer:
             return False
         return self.rounds_without_improvement >= tc.early_stopping_patience
 
-    def _checkpoint(self, it: int, perf: float, loss: float, final: bool) -> None:
+    def _checkpoint(self, it: int, perf: float, loss: float, final: bool, rng_by_rank: list[Any] | None = None) -> None:
         from eir_core.bundle import save_bundle
 
         if final or self.keeper.is_better(perf):
@@ -417,18 +522,44 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "rng": self.rng.bit_generator.state,
             "valid_history": self.valid_history,
+            "world_size": self.dist.world_size,
         }
+        if rng_by_rank is not None:
+            info["rng_by_rank"] = rng_by_rank
         save_resume_state(self.run_dir / "resume" / "state.safetensors", self.model, self.optimizer, info)
 
     def _resume(self) -> None:
-        info = load_resume_state(self.run_dir / "resume" / "state.safetensors", self.model, self.optimizer)
+        """Every rank loads the state rank 0 reads (the run folder need only exist where rank 0 runs)."""
+        path = self.run_dir / "resume" / "state.safetensors"
+        raw = self.dist.broadcast_bytes(path.read_bytes() if self.dist.is_main else None)
+        info = load_resume_state(raw, self.model, self.optimizer, source=str(path))
         self.iteration = int(info["iteration"])
         self.best_perf = info["best_perf"]
         self.rounds_without_improvement = int(info["rounds"])
         self.schedule.load_state_dict(info["schedule"])
-        self.rng.bit_generator.state = info["rng"]
         self.valid_history = [tuple(v) for v in info["valid_history"]]  # type: ignore[misc]
-        self.keeper.scan()
+        saved_world = int(info.get("world_size", 1))
+        by_rank = info.get("rng_by_rank")
+        if not self.dist.enabled and saved_world == 1:
+            self.rng.bit_generator.state = info["rng"]
+        elif by_rank is not None and len(by_rank) == self.dist.world_size:
+            import base64
+
+            mine = by_rank[self.dist.rank]
+            self.rng.bit_generator.state = mine["numpy"]
+            torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(mine["torch"])), dtype=torch.uint8))
+        else:
+            # Data order depends only on (seed, epoch), so it carries over; the random streams of
+            # dropout and imputation cannot, and start afresh for this iteration and rank.
+            log.warning(
+                "resuming with %d process(es) a run saved with %d: random streams reseeded",
+                self.dist.world_size,
+                saved_world,
+            )
+            self.rng = np.random.default_rng([self.opts.seed, self.dist.rank, self.iteration])
+            torch.manual_seed(self.opts.seed * 1000 + 7919 * self.dist.rank + self.iteration)
+        if self.dist.is_main:
+            self.keeper.scan()
         log.info("resuming at iteration %d of %d", self.iteration, self.total_iters)
 
     def _latent_labels(self, ids: list[str]) -> tuple[list[str] | None, str]:

@@ -1,0 +1,191 @@
+"""Several training processes under ``torchrun`` (DistributedDataParallel).
+
+``Dist.from_env()`` reads the variables torchrun sets (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``);
+without them the run is a single process and every collective below returns its input.
+
+All collectives here move small CPU tensors. On GPUs the process group is created as
+``cpu:gloo,cuda:nccl``, so gradients go over NCCL while these messages go over gloo. Objects
+travel as UTF-8 JSON in uint8 tensors, never as pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+
+from eir_core.errors import ConfigError, EirError
+
+log = logging.getLogger("eir_core.train")
+
+T = TypeVar("T")
+
+
+class PeerFailed(EirError):
+    """Another rank stopped with an error; that rank reports it, this one only stops."""
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"environment: {name}={raw!r} is not an integer (it is set by torchrun)") from None
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @classmethod
+    def from_env(cls) -> Dist:
+        world = _env_int("WORLD_SIZE", 1)
+        rank = _env_int("RANK", 0)
+        local = _env_int("LOCAL_RANK", 0)
+        if world < 1 or not 0 <= rank < world:
+            raise ConfigError(f"environment: RANK={rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE={world})")
+        return cls(rank=rank, world_size=world, local_rank=local)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def init(self, device: torch.device) -> None:
+        if not self.enabled or self.backend is not None:
+            return
+        import torch.distributed as dist
+
+        if not dist.is_available():
+            raise ConfigError("this PyTorch build has no torch.distributed; run with one process")
+        self.backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+        # Rank 0 validates and writes artifacts while the others wait in the next collective,
+        # so the timeout has to cover a validation pass, not a training step.
+        timeout = timedelta(seconds=_env_int("EIR_DIST_TIMEOUT_S", 1800))
+        dist.init_process_group(backend=self.backend, timeout=timeout)
+        log.info(
+            "distributed: rank %d of %d (local rank %d), backend %s",
+            self.rank,
+            self.world_size,
+            self.local_rank,
+            self.backend,
+        )
+
+    def close(self) -> None:
+        if self.backend is None:
+            return
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        self.backend = None
+
+    # ------------------------------------------------------------------ collectives
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        if not self.enabled:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return [float(v) for v in t]
+
+    def broadcast_bytes(self, data: bytes | None, src: int = 0) -> bytes:
+        if not self.enabled:
+            assert data is not None
+            return data
+        import torch.distributed as dist
+
+        n = torch.tensor([len(data) if self.rank == src and data is not None else 0], dtype=torch.int64)
+        dist.broadcast(n, src)
+        if self.rank == src:
+            assert data is not None
+            buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+        else:
+            buf = torch.empty(int(n.item()), dtype=torch.uint8)
+        if int(n.item()):
+            dist.broadcast(buf, src)
+        return buf.numpy().tobytes()
+
+    def broadcast_json(self, obj: Any, src: int = 0) -> Any:
+        if not self.enabled:
+            return obj
+        raw = json.dumps(obj).encode() if self.rank == src else None
+        return json.loads(self.broadcast_bytes(raw, src))
+
+    def all_gather_json(self, obj: Any) -> list[Any]:
+        if not self.enabled:
+            return [obj]
+        import torch.distributed as dist
+
+        raw = json.dumps(obj).encode()
+        n = torch.tensor([len(raw)], dtype=torch.int64)
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size)]
+        dist.all_gather(sizes, n)
+        width = max(int(s.item()) for s in sizes)
+        mine = torch.zeros(width, dtype=torch.uint8)
+        mine[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+        bufs = [torch.zeros(width, dtype=torch.uint8) for _ in range(self.world_size)]
+        dist.all_gather(bufs, mine)
+        return [json.loads(b[: int(s.item())].numpy().tobytes()) for b, s in zip(bufs, sizes, strict=True)]
+
+    # ------------------------------------------------------------------ agreement
+    def from_main(self, work: Any) -> Any:
+        """Run ``work()`` on rank 0 only and hand its JSON-able result to every rank.
+
+        A user error on rank 0 is re-raised there and becomes :class:`PeerFailed` elsewhere,
+        so no rank is left waiting for a message that never comes.
+        """
+        if not self.enabled:
+            return work()
+        payload: dict[str, Any] | None = None
+        error: EirError | None = None
+        if self.is_main:
+            try:
+                payload = {"ok": work()}
+            except EirError as e:
+                error = e
+                payload = {"error": str(e)}
+        got = self.broadcast_json(payload)
+        if error is not None:
+            raise error
+        if "error" in got:
+            raise PeerFailed(f"rank 0 stopped with an error: {got['error']}")
+        return got["ok"]
+
+    def agree(self, work: Any) -> Any:
+        """Run ``work()`` on every rank; if any rank raised a user error, every rank raises."""
+        if not self.enabled:
+            return work()
+        result, error = None, None
+        try:
+            result = work()
+        except EirError as e:
+            error = e
+        reports = self.all_gather_json(None if error is None else str(error))
+        if error is not None:
+            raise error
+        for r, msg in enumerate(reports):
+            if msg is not None:
+                raise PeerFailed(f"rank {r} stopped with an error: {msg}")
+        return result
