@@ -66,7 +66,12 @@ class Renderer:
 
 
 def _lower_priority() -> None:
+    import signal
+
     os.nice(10)
+    # Ctrl-C reaches the whole process group; the trainer decides when drawing ends (it closes
+    # stdin), so the renderer finishes the plots of the checkpoint being saved instead of dying.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _do(job: dict[str, Any]) -> None:
@@ -137,9 +142,4 @@ def serve(stream: IO[str]) -> None:
 
 
 if __name__ == "__main__":
-    # Ctrl-C reaches the whole process group; the trainer decides when drawing ends (it closes
-    # stdin), so the renderer finishes the plots of the checkpoint being saved instead of dying.
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     serve(sys.stdin)

@@ -632,9 +632,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ signals
     def _install_signal_handlers(self) -> None:
+        first_at = [0.0]
+
         def handler(signum: int, frame: FrameType | None) -> None:
             if self.stop_signal is not None:  # second signal: stop now
+                # Under torchrun one Ctrl-C arrives twice: from the terminal and forwarded by
+                # the launcher. A repeat within 2 s is that echo, not a second request.
+                if self.dist.enabled and time.monotonic() - first_at[0] < 2.0:
+                    return
                 raise KeyboardInterrupt
+            first_at[0] = time.monotonic()
             self.stop_signal = signum
             log.warning("signal %d: finishing this step, then saving a checkpoint (again to abort)", signum)
 
