@@ -8,7 +8,9 @@ machine: below 1e-6).
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +112,80 @@ def test_batch_not_divisible_by_processes_is_a_clear_error(tmp_path: Path, digit
     assert "basic_experiment.batch_size=63" in res.stderr and "use 62 or 64" in res.stderr
     assert "eir_core/" not in res.stderr  # no traceback through our code (torchrun adds its own summary)
     assert not (run / "saved_models").exists()
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            out += [int(child), *_children(int(child))]
+    return out
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ranks = [e.split(b"=", 1)[1] for e in env if e.startswith(b"RANK=")]
+    return int(ranks[0]) if ranks else None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the rank-1 worker through /proc")
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path: Path, digits_dir: Path) -> None:
+    run = tmp_path / "run"
+    args = tutorial_configs(tmp_path, digits_dir, run, conditional=False)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m"]
+    proc = subprocess.Popen(
+        [*cmd, "eir_core.cli.train", *args, "--globals.basic_experiment.n_epochs=500"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert proc.stderr is not None
+    lines = []
+    try:
+        for line in proc.stderr:  # rank 0 logs its first step; then training is under way on both ranks
+            lines.append(line)
+            if "first training step done" in line:
+                break
+        workers = [p for p in _children(proc.pid) if _rank_of(p) == 1]
+        assert workers, "rank 1 not found among torchrun's children"
+        os.kill(workers[0], signal.SIGTERM)  # only rank 1 is told
+        lines += proc.stderr.readlines()
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    log = "".join(lines)
+    assert "[rank 0] another rank was signalled" in log, log[-3000:]
+    stopped = int(log.split("interrupted at iteration ")[1].split(";")[0])
+    assert 0 < stopped < 24 * 500
+    saved = sorted((run / "saved_models").glob("*.safetensors"))
+    assert any(f"_checkpoint_{stopped}_" in p.name for p in saved)
+    raw = (run / "resume" / "state.safetensors").read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])["__metadata__"]
+    assert json.loads(header["info"])["iteration"] == stopped
+    assert json.loads(header["info"])["world_size"] == 2
+
+
+def test_early_stopping_is_decided_together(tmp_path: Path, digits_dir: Path) -> None:
+    run = tmp_path / "run"
+    args = tutorial_configs(tmp_path, digits_dir, run, conditional=False)
+    overrides = [
+        "--globals.basic_experiment.n_epochs=50",
+        "--globals.evaluation_checkpoint.sample_interval=5",
+        "--globals.evaluation_checkpoint.checkpoint_interval=5",
+        "--globals.training_control.early_stopping_patience=2",
+        "--globals.optimization.lr=1e-9",  # nothing improves: rank 0's validations say stop
+        "--globals.lr_schedule.warmup_steps=0",
+        "--globals.lr_schedule.lr_schedule=same",
+    ]
+    res = _torchrun([*args, *overrides])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "early stopping at iteration" in res.stderr
+    stopped = int(res.stderr.split("early stopping at iteration ")[1].split(":")[0])
+    assert stopped < 24 * 50
+    assert _history(run, "train_average_history.log").keys() == set(range(1, stopped + 1))
+    assert any(f"_checkpoint_{stopped}_" in p.name for p in (run / "saved_models").glob("*.safetensors"))
