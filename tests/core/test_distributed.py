@@ -274,3 +274,23 @@ def test_collectives_and_error_agreement_between_two_processes(tmp_path: Path) -
     assert r0["agree"] == "peer: rank 1 stopped with an error: broken on rank 1"
     assert r1["agree"] == "own: broken on rank 1"
     assert r0["after"] == r1["after"] == [2.0]
+
+
+def test_two_nodes_with_torchrun_rendezvous_flags(tmp_path: Path, digits_dir: Path) -> None:
+    """Two launchers, one process each, meeting through c10d rendezvous (as on two machines)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    args = tutorial_configs(tmp_path, digits_dir, run, conditional=False)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1"]
+    launch += ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-nodes"]
+    cmd = [*launch, "-m", "eir_core.cli.train", *args, "--globals.basic_experiment.n_epochs=1"]
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) for _ in "ab"]
+    outputs = [p.communicate(timeout=240)[1] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    assert sum("[rank 0] done: 24 iterations" in o for o in outputs) == 1
+    assert load_bundle(_final_bundle(run)).manifest["training"]["world_size"] == 2

@@ -154,10 +154,11 @@ class Trainer:
     def _check_world_size(self) -> None:
         w = self.dist.world_size
         if self.batch_size % w:
-            lo, hi = self.batch_size - self.batch_size % w, self.batch_size - self.batch_size % w + w
+            lo = self.batch_size - self.batch_size % w
+            fits = " or ".join(str(b) for b in (lo, lo + w) if b > 0)
             raise ConfigError(
                 f"globals: basic_experiment.batch_size={self.batch_size} is the global batch of one step and "
-                f"must divide evenly among the {w} processes; use {lo or hi} or {hi}, or another --nproc-per-node"
+                f"must divide evenly among the {w} processes; use {fits}, or another --nproc-per-node"
             )
 
     def _load_data(self) -> RunData:
