@@ -294,3 +294,62 @@ def test_two_nodes_with_torchrun_rendezvous_flags(tmp_path: Path, digits_dir: Pa
     assert [p.returncode for p in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     assert sum("[rank 0] done: 24 iterations" in o for o in outputs) == 1
     assert load_bundle(_final_bundle(run)).manifest["training"]["world_size"] == 2
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the rank-1 worker through /proc")
+def test_torchrun_restart_after_a_killed_rank_continues_the_run(tmp_path: Path, digits_dir: Path) -> None:
+    """--max-restarts: rank 1 is SIGKILLed; rank 0 keeps the weights as the resume state and the
+    restarted job continues from it instead of refusing the used run folder or starting over."""
+    run = tmp_path / "run"
+    args = tutorial_configs(tmp_path, digits_dir, run, conditional=False)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--max-restarts=1"]
+    proc = subprocess.Popen(
+        [*cmd, "-m", "eir_core.cli.train", *args, "--globals.basic_experiment.n_epochs=8"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert proc.stderr is not None
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if "first training step done" in line:
+                break
+        workers = [p for p in _children(proc.pid) if _rank_of(p) == 1]
+        assert workers, "rank 1 not found among torchrun's children"
+        os.kill(workers[0], signal.SIGKILL)
+        lines += proc.stderr.readlines()
+        proc.wait(timeout=180)
+    finally:
+        proc.kill()
+    log = "".join(lines)
+    assert proc.returncode == 0, log[-4000:]
+    saved = int(log.split("saved the resume state at iteration ")[1].split(" ")[0])
+    assert "torchrun restart 1 of job" in log
+    assert f"resuming at iteration {saved} of 192" in log and saved > 0
+    final = load_bundle(_final_bundle(run)).manifest["training"]
+    assert final["iteration"] == 192 and final["world_size"] == 2
+
+
+def test_a_restart_resumes_only_a_state_written_by_the_same_job(tmp_path: Path, digits_dir: Path) -> None:
+    from eir_core.config.load import build_experiment_config
+    from eir_core.errors import RunFolderError
+    from eir_core.train.distributed import Dist
+    from eir_core.train.trainer import Trainer, TrainOptions
+
+    args = tutorial_configs(tmp_path, digits_dir, tmp_path / "run", conditional=False)
+    cfg = build_experiment_config([Path(args[1])], [Path(args[3])], [Path(args[5])])
+    cfg.global_config.basic_experiment.n_epochs = 1
+    first = Trainer(cfg, TrainOptions(no_pbar=True), Dist(job_id="job-a"))
+    first.setup()
+    assert first.train() == 0
+    with pytest.raises(RunFolderError, match="already has a run"):  # another job's state: not taken over
+        Trainer(cfg, TrainOptions(no_pbar=True), Dist(job_id="job-b", restart=1)).setup()
+    with pytest.raises(RunFolderError, match="already has a run"):  # the first attempt never resumes by itself
+        Trainer(cfg, TrainOptions(no_pbar=True), Dist(job_id="job-a", restart=0)).setup()
+    again = Trainer(cfg, TrainOptions(no_pbar=True, overwrite=True), Dist(job_id="job-a", restart=1))
+    again.setup()  # a restart of job-a continues (and --overwrite does not wipe its progress)
+    assert again.opts.resume and again.iteration == first.iteration == 24

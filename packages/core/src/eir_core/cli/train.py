@@ -68,17 +68,11 @@ def _prefetch_training_imports() -> None:
     threading.Thread(target=work, name="prefetch-imports", daemon=True).start()
 
 
-def _lost_peer(e: BaseException) -> bool:
-    import torch.distributed as td
-
-    return isinstance(e, td.DistError) or "Connection closed by peer" in str(e) or "Connection reset" in str(e)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     _prefetch_training_imports()
-    from eir_core.train.distributed import Dist, PeerFailed
+    from eir_core.train.distributed import Dist, PeerFailed, is_peer_failure
 
     dist = Dist()
     prog = "eirtrain"
@@ -113,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: aborted", file=sys.stderr)
         return 130
     except RuntimeError as e:
-        if not (dist.backend and _lost_peer(e)):
+        if not (dist.backend and is_peer_failure(e)):
             raise
         # A peer died (crash, kill): its own output says why; this rank only explains its exit.
         print(f"{prog}: lost contact with the other processes ({str(e).splitlines()[0][:200]})", file=sys.stderr)

@@ -96,14 +96,34 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"cannot store {type(o).__name__} in the resume state")
 
 
+def _header_metadata(raw: bytes) -> dict[str, str]:
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    meta: dict[str, str] = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
+    return meta
+
+
+def read_resume_info(path: Path) -> dict[str, Any]:
+    """The JSON ``info`` of a resume state (iteration, job id, ...) without loading its tensors;
+    an empty dict when the file is not a readable resume state."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            (n,) = struct.unpack("<Q", head)
+            if n > 100_000_000:
+                return {}
+            info = json.loads(_header_metadata(head + f.read(n)).get("info", "{}"))
+    except (OSError, struct.error, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 def load_resume_state(
     raw: bytes, model: torch.nn.Module, optimizer: torch.optim.Optimizer, source: str = "resume state"
 ) -> dict[str, Any]:
     """Restore weights, optimizer and torch RNG from the bytes of ``resume/state.safetensors``."""
     try:
         tensors = st_load(raw)
-        (header_len,) = struct.unpack("<Q", raw[:8])
-        meta = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
+        meta = _header_metadata(raw)
     except (SafetensorError, struct.error, ValueError) as e:
         raise RunFolderError(f"{source}: unreadable resume state ({e}); use --overwrite to start over") from None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)

@@ -40,12 +40,22 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"environment: {name}={raw!r} is not an integer (it is set by torchrun)") from None
 
 
+def is_peer_failure(e: BaseException) -> bool:
+    """Whether ``e`` is a collective failing because another process went away."""
+    import torch.distributed as td
+
+    text = str(e)
+    return isinstance(e, td.DistError) or "Connection closed by peer" in text or "Connection reset" in text
+
+
 @dataclass
 class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    job_id: str | None = None  # torchrun's TORCHELASTIC_RUN_ID: the same for every restart of one job
+    restart: int = 0  # TORCHELASTIC_RESTART_COUNT: 0 on the first attempt
 
     @classmethod
     def from_env(cls) -> Dist:
@@ -54,7 +64,8 @@ class Dist:
         local = _env_int("LOCAL_RANK", 0)
         if world < 1 or not 0 <= rank < world:
             raise ConfigError(f"environment: RANK={rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE={world})")
-        return cls(rank=rank, world_size=world, local_rank=local)
+        job = os.environ.get("TORCHELASTIC_RUN_ID") or None
+        return cls(rank, world, local, job_id=job, restart=_env_int("TORCHELASTIC_RESTART_COUNT", 0))
 
     @property
     def enabled(self) -> bool:
@@ -76,7 +87,20 @@ class Dist:
         # Rank 0 validates and writes artifacts while the others wait in the next collective,
         # so the timeout has to cover a validation pass, not a training step.
         timeout = timedelta(seconds=_env_int("EIR_DIST_TIMEOUT_S", 1800))
-        dist.init_process_group(backend=self.backend, timeout=timeout)
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun shares its rendezvous store with the workers and keeps it across restarts
+            # (--max-restarts); without a prefix per attempt, a restarted worker can read the
+            # previous attempt's addresses and fail to connect. Workers of one attempt share
+            # its restart count.
+            base = dist.TCPStore(
+                os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), self.world_size, False, timeout=timeout
+            )
+            store = dist.PrefixStore(f"/eir/attempt_{self.restart}", base)
+            dist.init_process_group(
+                backend=self.backend, store=store, rank=self.rank, world_size=self.world_size, timeout=timeout
+            )
+        else:
+            dist.init_process_group(backend=self.backend, timeout=timeout)
         log.info(
             "distributed: rank %d of %d (local rank %d), backend %s",
             self.rank,

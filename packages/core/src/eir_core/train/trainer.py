@@ -37,8 +37,14 @@ from eir_core.errors import ConfigError, DataError, RunFolderError
 from eir_core.imputation import impute_array_, impute_tabular_, modality_dropout, null_codes
 from eir_core.model.meta import InputSpec, MetaModel, ModelSpec, OutputSpec
 from eir_core.predict import resolve_device
-from eir_core.train.checkpoint import CheckpointKeeper, checkpoint_name, load_resume_state, save_resume_state
-from eir_core.train.distributed import Dist
+from eir_core.train.checkpoint import (
+    CheckpointKeeper,
+    checkpoint_name,
+    load_resume_state,
+    read_resume_info,
+    save_resume_state,
+)
+from eir_core.train.distributed import Dist, is_peer_failure
 from eir_core.train.latents import LatentRecorder
 from eir_core.train.optim import LRSchedule, build_optimizer
 from eir_core.train.progress import Progress
@@ -81,7 +87,7 @@ class Trainer:
         self._check_world_size()
         self.device = self._device()
         dist.init(self.device)
-        dist.from_main(self._prepare_run_folder)
+        self.opts.resume = bool(dist.from_main(self._prepare_run_folder))
         torch.manual_seed(self.opts.seed)
         self.rng = np.random.default_rng(self.opts.seed if not dist.enabled else [self.opts.seed, dist.rank])
         t0 = time.perf_counter()
@@ -109,6 +115,7 @@ class Trainer:
         self.samples = SampleWriter(self, self.run_dir)
         self.renderer = Renderer()
         self.iteration = 0
+        self._weights_at = 0  # the iteration the current weights belong to (one ahead mid-step)
         self.best_perf: float | None = None
         self.rounds_without_improvement = 0
         self.train_history: list[tuple[int, float]] = []
@@ -205,8 +212,11 @@ class Trainer:
             torch.cuda.set_device(device)
         return device
 
-    def _prepare_run_folder(self) -> None:
+    def _prepare_run_folder(self) -> bool:
+        """Check (and with --overwrite clear) the run folder; returns whether to resume."""
         d = self.run_dir
+        if self._restarted_job():
+            self.opts.resume, self.opts.overwrite = True, False
         used = d.exists() and any(d.iterdir())
         if used and self.opts.overwrite:
             shutil.rmtree(d)
@@ -222,6 +232,19 @@ class Trainer:
             for stale in [*d.glob("saved_models/.*.tmp"), *d.glob("resume/.*.tmp")]:
                 stale.unlink(missing_ok=True)
         (d / "saved_models").mkdir(parents=True, exist_ok=True)
+        return self.opts.resume
+
+    def _restarted_job(self) -> bool:
+        """torchrun (``--max-restarts``) started this job again after a failure, and the resume
+        state was written by this same job: continue it instead of starting over or refusing."""
+        dist = self.dist
+        state = self.run_dir / "resume" / "state.safetensors"
+        if not (dist.restart and dist.job_id and state.is_file()):
+            return False
+        if read_resume_info(state).get("job_id") != dist.job_id:
+            return False
+        log.warning("torchrun restart %d of job %s: continuing from the saved state", dist.restart, dist.job_id)
+        return True
 
     def _model_spec(self) -> ModelSpec:
         inputs = []
@@ -321,10 +344,37 @@ class Trainer:
         self.t_start = time.perf_counter()
         self._install_signal_handlers()
         dist = self.dist
-        ec = self.cfg.global_config.evaluation_checkpoint
         progress = Progress(self.total_iters, self.iteration, self.opts.no_pbar) if dist.is_main else None
+        try:
+            self._loop(progress)
+            if progress is not None:
+                progress.close()
+            self.renderer.close()
+            dist.barrier()  # rank 0's last checkpoint is on disk before any rank reports done
+        except Exception as e:
+            if dist.enabled and dist.is_main and is_peer_failure(e):
+                self._save_after_peer_failure()
+            raise
+        elapsed = time.perf_counter() - self.t_start
+        log.info(
+            "done: %d iterations in %.1fs (%.0f samples/s)",
+            self.iteration,
+            elapsed,
+            self.iteration * self.batch_size / max(elapsed, 1e-9),
+        )
+        if self.stop_signal is not None:
+            if dist.is_main:
+                log.warning(
+                    "interrupted at iteration %d; state saved. Continue with the same command plus --resume",
+                    self.iteration,
+                )
+            return 128 + self.stop_signal
+        return 0
+
+    def _loop(self, progress: Progress | None) -> None:
+        dist = self.dist
+        ec = self.cfg.global_config.evaluation_checkpoint
         start_iteration = self.iteration
-        loss_sum, loss_n = 0.0, 0
         stopped_early = False
         self.model.train()
         epoch = self.iteration // self.iters_per_epoch
@@ -344,7 +394,6 @@ class Trainer:
                         log.warning("another rank was signalled: stopping after this step")
                 self.iteration += 1
                 self.train_history.append((self.iteration, loss))
-                loss_sum, loss_n = loss_sum + loss, loss_n + 1
                 if progress is not None:
                     progress.update(self.iteration, loss)
                 if self.iteration == start_iteration + 1:
@@ -371,25 +420,21 @@ class Trainer:
                 self.cfg.global_config.training_control.early_stopping_patience,
             )
             self._evaluate(checkpoint=True, final=True, validated=True)
-        if progress is not None:
-            progress.close()
-        self.renderer.close()
-        dist.barrier()  # rank 0's last checkpoint is on disk before any rank reports done
-        elapsed = time.perf_counter() - self.t_start
-        log.info(
-            "done: %d iterations in %.1fs (%.0f samples/s)",
-            self.iteration,
-            elapsed,
-            self.iteration * self.batch_size / max(elapsed, 1e-9),
+
+    def _save_after_peer_failure(self) -> None:
+        """Another rank died: the weights here are whole (every rank held the same ones), so keep
+        them as the resume state. A torchrun restart of the same job resumes from it."""
+        it = self._weights_at
+        try:
+            self._save_resume(it, None)
+        except Exception as e:  # reporting the peer failure matters more than this error
+            log.error("could not save the resume state after losing a peer: %s", e)
+            return
+        log.warning(
+            "lost another rank: saved the resume state at iteration %d (a torchrun restart continues from it; "
+            "otherwise run again with --resume)",
+            it,
         )
-        if self.stop_signal is not None:
-            if dist.is_main:
-                log.warning(
-                    "interrupted at iteration %d; state saved. Continue with the same command plus --resume",
-                    self.iteration,
-                )
-            return 128 + self.stop_signal
-        return 0
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         # Derived from (seed, epoch) alone, so a resumed run sees the same order.
@@ -433,6 +478,7 @@ class Trainer:
         if g.gradient_clipping:
             nn.utils.clip_grad_norm_(self.model.parameters(), g.gradient_clipping, foreach=True)
         self.optimizer.step()
+        self._weights_at = self.iteration + 1
         return float(loss.detach())
 
     @torch.inference_mode()
@@ -516,7 +562,10 @@ class Trainer:
             save_bundle(path, self.manifest(it, perf, loss), self.model.state_dict(), in_stats, out_stats)
             self.keeper.add(path, it, perf, protect=final)
             log.info("checkpoint: %s", path.name)
-        info = {
+        self._save_resume(it, rng_by_rank)
+
+    def _save_resume(self, it: int, rng_by_rank: list[Any] | None) -> None:
+        info: dict[str, Any] = {
             "iteration": it,
             "best_perf": self.best_perf,
             "rounds": self.rounds_without_improvement,
@@ -524,6 +573,7 @@ class Trainer:
             "rng": self.rng.bit_generator.state,
             "valid_history": self.valid_history,
             "world_size": self.dist.world_size,
+            "job_id": self.dist.job_id,
         }
         if rng_by_rank is not None:
             info["rng_by_rank"] = rng_by_rank
@@ -534,7 +584,7 @@ class Trainer:
         path = self.run_dir / "resume" / "state.safetensors"
         raw = self.dist.broadcast_bytes(path.read_bytes() if self.dist.is_main else None)
         info = load_resume_state(raw, self.model, self.optimizer, source=str(path))
-        self.iteration = int(info["iteration"])
+        self.iteration = self._weights_at = int(info["iteration"])
         self.best_perf = info["best_perf"]
         self.rounds_without_improvement = int(info["rounds"])
         self.schedule.load_state_dict(info["schedule"])
@@ -552,11 +602,12 @@ class Trainer:
         else:
             # Data order depends only on (seed, epoch), so it carries over; the random streams of
             # dropout and imputation cannot, and start afresh for this iteration and rank.
-            log.warning(
-                "resuming with %d process(es) a run saved with %d: random streams reseeded",
-                self.dist.world_size,
-                saved_world,
+            why = (
+                f"it was saved by {saved_world} process(es), this run has {self.dist.world_size}"
+                if saved_world != self.dist.world_size
+                else "it was saved after a process failed"
             )
+            log.warning("the resume state has no random streams for this rank (%s): reseeded", why)
             self.rng = np.random.default_rng([self.opts.seed, self.dist.rank, self.iteration])
             torch.manual_seed(self.opts.seed * 1000 + 7919 * self.dist.rank + self.iteration)
         if self.dist.is_main:
