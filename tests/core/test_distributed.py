@@ -41,11 +41,15 @@ def _deterministic_configs(folder: Path, data: Path, run: Path) -> list[str]:
     return [*args, "--fusion_configs", str(write_yaml(folder / "fusion.yaml", fusion))]
 
 
+def _env() -> dict[str, str]:
+    """This environment without torchrun's variables (a test may itself run under a launcher)."""
+    return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+
+
 def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     return subprocess.run(
-        [*cmd, "-m", "eir_core.cli.train", *args], capture_output=True, text=True, env=env, timeout=240
+        [*cmd, "-m", "eir_core.cli.train", *args], capture_output=True, text=True, env=_env(), timeout=240
     )
 
 
@@ -133,18 +137,16 @@ def _rank_of(pid: int) -> int | None:
     return int(ranks[0]) if ranks else None
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the rank-1 worker through /proc")
-def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path: Path, digits_dir: Path) -> None:
-    run = tmp_path / "run"
-    args = tutorial_configs(tmp_path, digits_dir, run, conditional=False)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m"]
+def _signal_rank_1_once_training(args: list[str], sig: int, *launcher: str) -> tuple[int, str]:
+    """Start a 2-process torchrun run, send ``sig`` to rank 1 only after rank 0's first step,
+    and return torchrun's exit code and everything it printed to stderr."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *launcher]
     proc = subprocess.Popen(
-        [*cmd, "eir_core.cli.train", *args, "--globals.basic_experiment.n_epochs=500"],
+        [*cmd, "-m", "eir_core.cli.train", *args],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
-        env=env,
+        env=_env(),
     )
     assert proc.stderr is not None
     lines = []
@@ -155,12 +157,19 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path: Pat
                 break
         workers = [p for p in _children(proc.pid) if _rank_of(p) == 1]
         assert workers, "rank 1 not found among torchrun's children"
-        os.kill(workers[0], signal.SIGTERM)  # only rank 1 is told
+        os.kill(workers[0], sig)
         lines += proc.stderr.readlines()
-        proc.wait(timeout=120)
+        proc.wait(timeout=180)
     finally:
         proc.kill()
-    log = "".join(lines)
+    return proc.returncode, "".join(lines)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the rank-1 worker through /proc")
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path: Path, digits_dir: Path) -> None:
+    run = tmp_path / "run"
+    args = tutorial_configs(tmp_path, digits_dir, run, conditional=False)
+    _, log = _signal_rank_1_once_training([*args, "--globals.basic_experiment.n_epochs=500"], signal.SIGTERM)
     assert "[rank 0] another rank was signalled" in log, log[-3000:]
     stopped = int(log.split("interrupted at iteration ")[1].split(";")[0])
     assert 0 < stopped < 24 * 500
@@ -260,9 +269,8 @@ with open(os.path.join(sys.argv[1], f"rank{d.rank}.json"), "w") as f:
 def test_collectives_and_error_agreement_between_two_processes(tmp_path: Path) -> None:
     script = tmp_path / "collectives.py"
     script.write_text(COLLECTIVES)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)]
-    res = subprocess.run([*cmd, str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run([*cmd, str(tmp_path)], capture_output=True, text=True, env=_env(), timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["json"] == r1["json"] == {"rank0": "x" * 5000}
@@ -285,11 +293,12 @@ def test_two_nodes_with_torchrun_rendezvous_flags(tmp_path: Path, digits_dir: Pa
         port = s.getsockname()[1]
     run = tmp_path / "run"
     args = tutorial_configs(tmp_path, digits_dir, run, conditional=False)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1"]
     launch += ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-nodes"]
     cmd = [*launch, "-m", "eir_core.cli.train", *args, "--globals.basic_experiment.n_epochs=1"]
-    nodes = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) for _ in "ab"]
+    nodes = [
+        subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env()) for _ in "ab"
+    ]
     outputs = [p.communicate(timeout=240)[1] for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     assert sum("[rank 0] done: 24 iterations" in o for o in outputs) == 1
@@ -301,32 +310,9 @@ def test_torchrun_restart_after_a_killed_rank_continues_the_run(tmp_path: Path, 
     """--max-restarts: rank 1 is SIGKILLed; rank 0 keeps the weights as the resume state and the
     restarted job continues from it instead of refusing the used run folder or starting over."""
     run = tmp_path / "run"
-    args = tutorial_configs(tmp_path, digits_dir, run, conditional=False)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--max-restarts=1"]
-    proc = subprocess.Popen(
-        [*cmd, "-m", "eir_core.cli.train", *args, "--globals.basic_experiment.n_epochs=8"],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    assert proc.stderr is not None
-    lines = []
-    try:
-        for line in proc.stderr:
-            lines.append(line)
-            if "first training step done" in line:
-                break
-        workers = [p for p in _children(proc.pid) if _rank_of(p) == 1]
-        assert workers, "rank 1 not found among torchrun's children"
-        os.kill(workers[0], signal.SIGKILL)
-        lines += proc.stderr.readlines()
-        proc.wait(timeout=180)
-    finally:
-        proc.kill()
-    log = "".join(lines)
-    assert proc.returncode == 0, log[-4000:]
+    args = [*tutorial_configs(tmp_path, digits_dir, run, conditional=False), "--globals.basic_experiment.n_epochs=8"]
+    returncode, log = _signal_rank_1_once_training(args, signal.SIGKILL, "--max-restarts=1")
+    assert returncode == 0, log[-4000:]
     saved = int(log.split("saved the resume state at iteration ")[1].split(" ")[0])
     assert "torchrun restart 1 of job" in log
     assert f"resuming at iteration {saved} of 192" in log and saved > 0
