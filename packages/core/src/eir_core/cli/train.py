@@ -76,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     dist = Dist()
     prog = "eirtrain"
+    # Whether every rank is alive and leaving by the same path (then they wait for each other
+    # before tearing the process group down); not after a lost peer, an abort or a bug.
+    together = False
     try:
         dist = Dist.from_env()
         prog = f"eirtrain[rank {dist.rank}]" if dist.enabled else prog
@@ -94,11 +97,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         trainer.setup()
         setup_logging(trainer.run_dir, g.visualization_logging.log_level, rank)
-        return trainer.train()
+        code = trainer.train()
+        together = True
+        return code
     except PeerFailed as e:
+        together = True
         print(f"{prog}: stopping: {e}", file=sys.stderr)
         return 2
     except EirError as e:
+        together = True  # user errors are agreed between ranks or raised alike on all of them
         if dist.enabled and dist.rank and not dist.backend:
             return 2  # every rank read the same configs; rank 0 prints the one message
         print(f"{prog}: error: {e}", file=sys.stderr)
@@ -113,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: lost contact with the other processes ({str(e).splitlines()[0][:200]})", file=sys.stderr)
         return 1
     finally:
-        dist.close()
+        dist.close(synchronize=together)
 
 
 if __name__ == "__main__":

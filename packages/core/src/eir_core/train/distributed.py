@@ -56,6 +56,7 @@ class Dist:
     backend: str | None = None
     job_id: str | None = None  # torchrun's TORCHELASTIC_RUN_ID: the same for every restart of one job
     restart: int = 0  # TORCHELASTIC_RESTART_COUNT: 0 on the first attempt
+    _gloo: Any = None  # a gloo group for barriers when the default group also has NCCL
 
     @classmethod
     def from_env(cls) -> Dist:
@@ -101,6 +102,8 @@ class Dist:
             )
         else:
             dist.init_process_group(backend=self.backend, timeout=timeout)
+        if device.type == "cuda":
+            self._gloo = dist.new_group(backend="gloo", timeout=timeout)
         log.info(
             "distributed: rank %d of %d (local rank %d), backend %s",
             self.rank,
@@ -109,20 +112,28 @@ class Dist:
             self.backend,
         )
 
-    def close(self) -> None:
+    def close(self, synchronize: bool = True) -> None:
+        """Tear the group down. ``synchronize`` (when every rank is alive and on the same path)
+        waits for all ranks first, so no rank leaves while a message to it is in flight."""
         if self.backend is None:
             return
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if synchronize:
+                self.barrier()
             dist.destroy_process_group()
         self.backend = None
 
     # ------------------------------------------------------------------ collectives
     def barrier(self) -> None:
-        # A tiny CPU all-reduce rather than dist.barrier(): it takes the gloo path on GPU
-        # machines too, where NCCL's barrier would need to guess each rank's device.
-        self.all_reduce_sum([0.0])
+        # On GPU machines through a gloo group: NCCL's barrier would have to guess each
+        # rank's device. (An all-reduce is no barrier: a rank can finish its part and tear
+        # down while its last message is still on the way, which aborts the process.)
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier(group=self._gloo)
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
         if not self.enabled:
