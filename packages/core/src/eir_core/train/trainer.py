@@ -376,9 +376,13 @@ class Trainer:
         ec = self.cfg.global_config.evaluation_checkpoint
         start_iteration = self.iteration
         stopped_early = False
+        # Whether to stop after this step, decided once per step from what every rank reported:
+        # a signal that lands after that point counts at the next step, never in between (a
+        # rank acting on it alone would run different collectives than the others).
+        stop = False
         self.model.train()
         epoch = self.iteration // self.iters_per_epoch
-        while self.iteration < self.total_iters and self.stop_signal is None and not stopped_early:
+        while self.iteration < self.total_iters and not stop and not stopped_early:
             order = self._epoch_order(epoch)
             start = (self.iteration % self.iters_per_epoch) * self.batch_size
             for b in range(
@@ -386,10 +390,11 @@ class Trainer:
             ):
                 # DistributedSampler's sharding of one global batch: rank r takes every world_size-th sample.
                 loss = self._step(order[b : b + self.batch_size][dist.rank :: dist.world_size])
+                stop = self.stop_signal is not None
                 if dist.enabled:  # the global batch's loss, and whether any rank was signalled
-                    stopping = float(self.stop_signal is not None)
-                    loss, n_stopping = dist.all_reduce_sum([loss / dist.world_size, stopping])
-                    if n_stopping and self.stop_signal is None:
+                    loss, n_stopping = dist.all_reduce_sum([loss / dist.world_size, float(stop)])
+                    stop = n_stopping > 0
+                    if stop and self.stop_signal is None:
                         self.stop_signal = signal.SIGTERM
                         log.warning("another rank was signalled: stopping after this step")
                 self.iteration += 1
@@ -401,16 +406,16 @@ class Trainer:
                     if dist.is_main:
                         self.renderer.start()  # its imports overlap training instead of delaying the end
                 last = self.iteration >= self.total_iters
-                if self.iteration % ec.sample_interval == 0 or last or self.stop_signal is not None:
+                if self.iteration % ec.sample_interval == 0 or last or stop:
                     perf = self._evaluate(
                         checkpoint=last
-                        or self.stop_signal is not None
+                        or stop
                         or (ec.checkpoint_interval is not None and self.iteration % ec.checkpoint_interval == 0),
-                        final=last or self.stop_signal is not None,
+                        final=last or stop,
                     )
                     self.model.train()
                     stopped_early = self._early_stop(perf)
-                if last or self.stop_signal is not None or stopped_early:
+                if last or stop or stopped_early:
                     break
             epoch += 1
         if stopped_early and self.iteration < self.total_iters:
@@ -684,18 +689,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ signals
     def _install_signal_handlers(self) -> None:
-        first_at = [0.0]
+        distributed = self.dist.enabled
 
         def handler(signum: int, frame: FrameType | None) -> None:
-            if self.stop_signal is not None:  # second signal: stop now
-                # Under torchrun one Ctrl-C arrives twice: from the terminal and forwarded by
-                # the launcher. A repeat within 2 s is that echo, not a second request.
-                if self.dist.enabled and time.monotonic() - first_at[0] < 2.0:
+            if self.stop_signal is not None:
+                # Alone, a second signal aborts the save. Under torchrun, repeats are the
+                # launcher's echo of a Ctrl-C or its SIGTERM once another rank has exited; they
+                # must not cut rank 0's checkpoint short (torchrun SIGKILLs a rank that hangs).
+                if distributed:
                     return
                 raise KeyboardInterrupt
-            first_at[0] = time.monotonic()
             self.stop_signal = signum
-            log.warning("signal %d: finishing this step, then saving a checkpoint (again to abort)", signum)
+            again = "" if distributed else " (again to abort)"
+            log.warning("signal %d: finishing this step, then saving a checkpoint%s", signum, again)
 
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
