@@ -138,8 +138,8 @@ def _rank_of(pid: int) -> int | None:
 
 
 def _signal_rank_1_once_training(args: list[str], sig: int, *launcher: str) -> tuple[int, str]:
-    """Start a 2-process torchrun run, send ``sig`` to rank 1 only after rank 0's first step,
-    and return torchrun's exit code and everything it printed to stderr."""
+    """Start a 2-process torchrun run, send ``sig`` to rank 1 only once rank 0 has validated at
+    iteration 20 (training well under way), and return torchrun's exit code and its stderr."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *launcher]
     proc = subprocess.Popen(
         [*cmd, "-m", "eir_core.cli.train", *args],
@@ -151,9 +151,9 @@ def _signal_rank_1_once_training(args: list[str], sig: int, *launcher: str) -> t
     assert proc.stderr is not None
     lines = []
     try:
-        for line in proc.stderr:  # rank 0 logs its first step; then training is under way on both ranks
+        for line in proc.stderr:
             lines.append(line)
-            if "first training step done" in line:
+            if "iteration 20: validation loss" in line:
                 break
         workers = [p for p in _children(proc.pid) if _rank_of(p) == 1]
         assert workers, "rank 1 not found among torchrun's children"
@@ -339,3 +339,14 @@ def test_a_restart_resumes_only_a_state_written_by_the_same_job(tmp_path: Path, 
     again = Trainer(cfg, TrainOptions(no_pbar=True, overwrite=True), Dist(job_id="job-a", restart=1))
     again.setup()  # a restart of job-a continues (and --overwrite does not wipe its progress)
     assert again.opts.resume and again.iteration == first.iteration == 24
+
+    # A job that failed before saving anything: its restart starts over in its own folder,
+    # while another job's restart still may not touch it.
+    cfg.global_config.basic_experiment.output_folder = str(tmp_path / "run2")
+    Trainer(cfg, TrainOptions(no_pbar=True), Dist(job_id="job-c")).setup()
+    assert not (tmp_path / "run2" / "resume").exists()
+    with pytest.raises(RunFolderError, match="already has a run"):
+        Trainer(cfg, TrainOptions(no_pbar=True), Dist(job_id="job-d", restart=1)).setup()
+    fresh = Trainer(cfg, TrainOptions(no_pbar=True), Dist(job_id="job-c", restart=1))
+    fresh.setup()
+    assert not fresh.opts.resume and fresh.iteration == 0

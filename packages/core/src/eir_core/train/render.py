@@ -39,8 +39,8 @@ class Renderer:
                 text=True,
                 bufsize=1,
                 env=env,
-                preexec_fn=_lower_priority if os.name == "posix" else None,
-            )
+            )  # no preexec_fn: forking a process with threads (gloo, imports) and running Python
+            # in the child before exec can deadlock it, and Popen would wait on it for ever
 
     def submit(self, kind: str, **job: Any) -> None:
         self.start()
@@ -66,11 +66,13 @@ class Renderer:
 
 
 def _lower_priority() -> None:
+    """Run in the renderer itself, first thing: drawing must not take cores from training, and
+    Ctrl-C (which reaches the whole process group) is the trainer's to handle; it ends the
+    renderer by closing stdin once the plots of the checkpoint being saved are done."""
     import signal
 
-    os.nice(10)
-    # Ctrl-C reaches the whole process group; the trainer decides when drawing ends (it closes
-    # stdin), so the renderer finishes the plots of the checkpoint being saved instead of dying.
+    if hasattr(os, "nice"):
+        os.nice(10)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -142,4 +144,5 @@ def serve(stream: IO[str]) -> None:
 
 
 if __name__ == "__main__":
+    _lower_priority()
     serve(sys.stdin)

@@ -215,8 +215,11 @@ class Trainer:
     def _prepare_run_folder(self) -> bool:
         """Check (and with --overwrite clear) the run folder; returns whether to resume."""
         d = self.run_dir
-        if self._restarted_job():
+        restart = self._restarted_job()
+        if restart == "resume":
             self.opts.resume, self.opts.overwrite = True, False
+        elif restart == "again":
+            self.opts.resume, self.opts.overwrite = False, True
         used = d.exists() and any(d.iterdir())
         if used and self.opts.overwrite:
             shutil.rmtree(d)
@@ -232,19 +235,28 @@ class Trainer:
             for stale in [*d.glob("saved_models/.*.tmp"), *d.glob("resume/.*.tmp")]:
                 stale.unlink(missing_ok=True)
         (d / "saved_models").mkdir(parents=True, exist_ok=True)
+        if self.dist.job_id:  # which torchrun job this folder belongs to, for its restarts
+            (d / "meta").mkdir(exist_ok=True)
+            (d / "meta" / "torchrun_job_id.txt").write_text(self.dist.job_id + "\n")
         return self.opts.resume
 
-    def _restarted_job(self) -> bool:
-        """torchrun (``--max-restarts``) started this job again after a failure, and the resume
-        state was written by this same job: continue it instead of starting over or refusing."""
+    def _restarted_job(self) -> str | None:
+        """After a failure torchrun (``--max-restarts``) starts the same job again. If this job
+        wrote the resume state, continue from it ("resume"); if the folder is this job's but it
+        failed before saving any state, start over in it ("again"). Anything else — another
+        job's run, or the first attempt — follows the usual --resume/--overwrite rules."""
         dist = self.dist
+        if not (dist.restart and dist.job_id):
+            return None
         state = self.run_dir / "resume" / "state.safetensors"
-        if not (dist.restart and dist.job_id and state.is_file()):
-            return False
-        if read_resume_info(state).get("job_id") != dist.job_id:
-            return False
-        log.warning("torchrun restart %d of job %s: continuing from the saved state", dist.restart, dist.job_id)
-        return True
+        if state.is_file() and read_resume_info(state).get("job_id") == dist.job_id:
+            log.warning("torchrun restart %d of job %s: continuing from the saved state", dist.restart, dist.job_id)
+            return "resume"
+        marker = self.run_dir / "meta" / "torchrun_job_id.txt"
+        if not state.is_file() and marker.is_file() and marker.read_text().strip() == dist.job_id:
+            log.warning("torchrun restart %d of job %s: nothing saved yet, starting over", dist.restart, dist.job_id)
+            return "again"
+        return None
 
     def _model_spec(self) -> ModelSpec:
         inputs = []
