@@ -308,16 +308,27 @@ def test_two_nodes_with_torchrun_rendezvous_flags(tmp_path: Path, digits_dir: Pa
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the rank-1 worker through /proc")
 def test_torchrun_restart_after_a_killed_rank_continues_the_run(tmp_path: Path, digits_dir: Path) -> None:
     """--max-restarts: rank 1 is SIGKILLed; rank 0 keeps the weights as the resume state and the
-    restarted job continues from it instead of refusing the used run folder or starting over."""
-    run = tmp_path / "run"
-    args = [*tutorial_configs(tmp_path, digits_dir, run, conditional=False), "--globals.basic_experiment.n_epochs=8"]
-    returncode, log = _signal_rank_1_once_training(args, signal.SIGKILL, "--max-restarts=1")
-    assert returncode == 0, log[-4000:]
-    saved = int(log.split("saved the resume state at iteration ")[1].split(" ")[0])
-    assert "torchrun restart 1 of job" in log
-    assert f"resuming at iteration {saved} of 192" in log and saved > 0
-    final = load_bundle(_final_bundle(run)).manifest["training"]
-    assert final["iteration"] == 192 and final["world_size"] == 2
+    restarted job continues from it instead of refusing the used run folder or starting over.
+
+    Rarely (about 1 in 20 here) rank 0 does not learn that its peer died until torchrun kills
+    it 30 s later; the restart then continues from the checkpoint of iteration 20. That run is
+    checked too, and the scenario is tried once more for the save-on-peer-loss path."""
+    for attempt in range(2):
+        run = tmp_path / f"run{attempt}"
+        args = tutorial_configs(tmp_path, digits_dir, run, conditional=False)
+        returncode, log = _signal_rank_1_once_training(
+            [*args, "--globals.basic_experiment.n_epochs=8"], signal.SIGKILL, "--max-restarts=1"
+        )
+        assert returncode == 0, log[-4000:]
+        assert "torchrun restart 1 of job" in log and "continuing from the saved state" in log
+        final = load_bundle(_final_bundle(run)).manifest["training"]
+        assert final["iteration"] == 192 and final["world_size"] == 2
+        if "saved the resume state at iteration " in log:
+            saved = int(log.split("saved the resume state at iteration ")[1].split(" ")[0])
+            assert f"resuming at iteration {saved} of 192" in log and saved >= 20
+            return
+        assert "resuming at iteration 20 of 192" in log, log[-4000:]
+    pytest.fail("rank 0 did not save its weights after losing rank 1, twice")
 
 
 def test_a_restart_resumes_only_a_state_written_by_the_same_job(tmp_path: Path, digits_dir: Path) -> None:
