@@ -1,6 +1,8 @@
 # One-command entry points (the README calls these).
 #   make demo   set up .venv, make the built-in digits, train the tutorial autoencoder,
 #               serve the bundle and answer a real /predict request
+#   make demo-conditional / make demo-torchrun   the label-conditional run / the same demo
+#               trained by 2 processes under torchrun
 #   make test   set up .venv and run the whole test suite (what CI runs)
 #   make lint   ruff + mypy;   make bench   benchmark scripts -> benchmarks/results/
 SHELL := /bin/bash
@@ -13,7 +15,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 DEMO_DIR ?= examples/tutorial
 
-.PHONY: setup browser demo demo-conditional test lint bench docker-smoke clean
+.PHONY: setup browser demo demo-conditional demo-torchrun test lint bench docker-smoke clean
 
 $(VENV)/.installed: packages/core/pyproject.toml requirements-dev.txt $(wildcard services/serve/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +31,10 @@ demo: setup
 
 demo-conditional: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash $(DEMO_DIR)/run_demo.sh conditional
+
+# The same as demo, trained by 2 processes under torchrun (DistributedDataParallel, gloo).
+demo-torchrun: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" NPROC=2 bash $(DEMO_DIR)/run_demo.sh
 
 # The web page test drives a real headless Chromium: Debian's package, installed if missing.
 browser:

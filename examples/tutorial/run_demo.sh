@@ -3,11 +3,15 @@
 #   bash examples/tutorial/run_demo.sh               run 1: the autoencoder
 #   bash examples/tutorial/run_demo.sh conditional   run 2: image + label, label-only generation
 #   SIZE=28 bash examples/tutorial/run_demo.sh       the tutorial's real 28x28 shape (10 000 images)
+#   NPROC=2 bash examples/tutorial/run_demo.sh       train with 2 processes under torchrun (DDP)
 # Needs eirtrain, eir-data, eir-bundle and eirserve on PATH (`make demo` sets that up).
 set -euo pipefail
 cd "$(dirname "$0")"
 kind=${1:-autoencoder}
 size=${SIZE:-8}
+nproc=${NPROC:-1}
+train=(eirtrain)
+if [ "$nproc" -gt 1 ]; then train=(torchrun --standalone --nproc-per-node "$nproc" -m eir_core.cli.train); fi
 if [ "$size" = 28 ]; then conf=.; data=data/digits28; else conf=digits8; data=data/digits8; fi
 if [ ! -f "$data/mnist_labels.csv" ]; then
   if [ "$size" = 28 ]; then eir-data digits --size 28 --count 10000 --output-folder "$data"
@@ -16,13 +20,13 @@ fi
 
 if [ "$kind" = conditional ]; then
   run=runs/$( [ "$size" = 28 ] || echo digits8_ )02_array_mnist_generation_with_labels
-  eirtrain --global_configs "$conf/globals.yaml" \
+  "${train[@]}" --global_configs "$conf/globals.yaml" \
     --input_configs "$conf/input_mnist_array_with_label.yaml" "$conf/input_mnist_label.yaml" \
     --output_configs "$conf/output_with_label.yaml" \
     --globals.basic_experiment.output_folder="$run" --overwrite
 else
   run=runs/$( [ "$size" = 28 ] || echo digits8_ )01_array_mnist_generation
-  eirtrain --global_configs "$conf/globals.yaml" --input_configs "$conf/input_mnist_array.yaml" \
+  "${train[@]}" --global_configs "$conf/globals.yaml" --input_configs "$conf/input_mnist_array.yaml" \
     --output_configs "$conf/output.yaml" --globals.basic_experiment.output_folder="$run" --overwrite
 fi
 
