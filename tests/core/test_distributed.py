@@ -24,6 +24,7 @@ import yaml
 from eir_core.bundle import load_bundle
 from eir_core.cli.train import main as eirtrain
 from eir_core.predict import Predictor
+from eir_core.train.checkpoint import read_resume_info
 from tests.helpers import tutorial_configs, write_yaml
 
 RTOL = 1e-4
@@ -165,7 +166,6 @@ def _signal_rank_1_once_training(args: list[str], sig: int, *launcher: str) -> t
     return proc.returncode, "".join(lines)
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the rank-1 worker through /proc")
 def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path: Path, digits_dir: Path) -> None:
     run = tmp_path / "run"
     args = tutorial_configs(tmp_path, digits_dir, run, conditional=False)
@@ -175,10 +175,8 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path: Pat
     assert 0 < stopped < 24 * 500
     saved = sorted((run / "saved_models").glob("*.safetensors"))
     assert any(f"_checkpoint_{stopped}_" in p.name for p in saved)
-    raw = (run / "resume" / "state.safetensors").read_bytes()
-    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])["__metadata__"]
-    assert json.loads(header["info"])["iteration"] == stopped
-    assert json.loads(header["info"])["world_size"] == 2
+    info = read_resume_info(run / "resume" / "state.safetensors")
+    assert info["iteration"] == stopped and info["world_size"] == 2
 
 
 def test_early_stopping_is_decided_together(tmp_path: Path, digits_dir: Path) -> None:
@@ -238,27 +236,24 @@ out["gather"] = d.all_gather_json(list(range(d.rank * 3)))
 out["sum"] = d.all_reduce_sum([float(d.rank), 1.0])
 out["bytes"] = len(d.broadcast_bytes(b"" if d.rank == 0 else None))
 
+def outcome(work):
+    try:
+        return "ok: " + str(work())
+    except PeerFailed as e:
+        return "peer: " + str(e)
+    except DataError as e:
+        return "own: " + str(e)
+
 def fail_on_main():
     raise DataError("broken on rank 0")
-
-try:
-    d.from_main(fail_on_main)
-except PeerFailed as e:
-    out["from_main"] = "peer: " + str(e)
-except DataError as e:
-    out["from_main"] = "own: " + str(e)
 
 def fail_on_1():
     if d.rank == 1:
         raise DataError("broken on rank 1")
     return "fine"
 
-try:
-    d.agree(fail_on_1)
-except PeerFailed as e:
-    out["agree"] = "peer: " + str(e)
-except DataError as e:
-    out["agree"] = "own: " + str(e)
+out["from_main"] = outcome(lambda: d.from_main(fail_on_main))
+out["agree"] = outcome(lambda: d.agree(fail_on_1))
 out["after"] = d.all_reduce_sum([1.0])  # the group still works after both errors
 d.close()
 with open(os.path.join(sys.argv[1], f"rank{d.rank}.json"), "w") as f:
@@ -305,7 +300,6 @@ def test_two_nodes_with_torchrun_rendezvous_flags(tmp_path: Path, digits_dir: Pa
     assert load_bundle(_final_bundle(run)).manifest["training"]["world_size"] == 2
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the rank-1 worker through /proc")
 def test_torchrun_restart_after_a_killed_rank_continues_the_run(tmp_path: Path, digits_dir: Path) -> None:
     """--max-restarts: rank 1 is SIGKILLed; rank 0 keeps the weights as the resume state and the
     restarted job continues from it instead of refusing the used run folder or starting over.
@@ -361,3 +355,19 @@ def test_a_restart_resumes_only_a_state_written_by_the_same_job(tmp_path: Path, 
     fresh = Trainer(cfg, TrainOptions(no_pbar=True), Dist(job_id="job-c", restart=1))
     fresh.setup()
     assert not fresh.opts.resume and fresh.iteration == 0
+
+
+def test_bad_launcher_environment_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eir_core.errors import ConfigError
+    from eir_core.train.distributed import Dist
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "5")
+    with pytest.raises(ConfigError, match=r"RANK=5 is not in 0..WORLD_SIZE-1 \(WORLD_SIZE=2\)"):
+        Dist.from_env()
+    monkeypatch.setenv("RANK", "one")
+    with pytest.raises(ConfigError, match="RANK='one' is not an integer"):
+        Dist.from_env()
+    monkeypatch.setenv("RANK", "1")
+    d = Dist.from_env()
+    assert d.enabled and not d.is_main and d.restart == 0

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -106,13 +106,9 @@ def read_resume_info(path: Path) -> dict[str, Any]:
     """The JSON ``info`` of a resume state (iteration, job id, ...) without loading its tensors;
     an empty dict when the file is not a readable resume state."""
     try:
-        with path.open("rb") as f:
-            head = f.read(8)
-            (n,) = struct.unpack("<Q", head)
-            if n > 100_000_000:
-                return {}
-            info = json.loads(_header_metadata(head + f.read(n)).get("info", "{}"))
-    except (OSError, struct.error, ValueError):
+        with safe_open(str(path), framework="pt") as f:
+            info = json.loads((f.metadata() or {}).get("info", "{}"))
+    except (SafetensorError, OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}
 

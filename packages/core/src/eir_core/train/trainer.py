@@ -16,6 +16,7 @@ alone fits the statistics, validates and writes files, and the decisions that en
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import shutil
@@ -550,8 +551,6 @@ class Trainer:
         return perf
 
     def _rng_state(self) -> dict[str, Any]:
-        import base64
-
         return {
             "numpy": self.rng.bit_generator.state,
             "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
@@ -611,8 +610,6 @@ class Trainer:
         if not self.dist.enabled and saved_world == 1:
             self.rng.bit_generator.state = info["rng"]
         elif by_rank is not None and len(by_rank) == self.dist.world_size:
-            import base64
-
             mine = by_rank[self.dist.rank]
             self.rng.bit_generator.state = mine["numpy"]
             torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(mine["torch"])), dtype=torch.uint8))
