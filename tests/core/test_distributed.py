@@ -91,9 +91,9 @@ def test_two_gloo_processes_match_one_process_and_resume(tmp_path: Path, digits_
     assert "[rank 1]" not in log and "[rank 0] done: 24 iterations" in log
 
     bundle = load_bundle(_final_bundle(ddp))
-    assert bundle.manifest["training"]["world_size"] == 2
-    assert bundle.manifest["training"]["batch_size"] == 64
-    assert bundle.manifest["training"]["batch_size_per_process"] == 32
+    assert bundle.manifest.training.world_size == 2
+    assert bundle.manifest.training.batch_size == 64
+    assert bundle.manifest.training.batch_size_per_process == 32
     image = np.load(sorted((digits_dir / "mnist_npy").glob("*.npy"))[0])
     out = Predictor(bundle, device="cpu").predict([{"mnist": image}])[0]["mnist_output"]
     assert out.shape == (1, 8, 8) and np.isfinite(out).all()
@@ -108,7 +108,7 @@ def test_two_gloo_processes_match_one_process_and_resume(tmp_path: Path, digits_
     np.testing.assert_allclose([after[i] for i in later], [one[i] for i in later], rtol=RTOL)
     v_one, v_two = _history(single, "validation_average_history.log"), _history(ddp, "validation_average_history.log")
     np.testing.assert_allclose(v_two[48], v_one[48], rtol=RTOL)
-    assert load_bundle(_final_bundle(ddp)).manifest["training"]["iteration"] == 48
+    assert load_bundle(_final_bundle(ddp)).manifest.training.iteration == 48
 
 
 def test_batch_not_divisible_by_processes_is_a_clear_error(tmp_path: Path, digits_dir: Path) -> None:
@@ -297,7 +297,7 @@ def test_two_nodes_with_torchrun_rendezvous_flags(tmp_path: Path, digits_dir: Pa
     outputs = [p.communicate(timeout=240)[1] for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     assert sum("[rank 0] done: 24 iterations" in o for o in outputs) == 1
-    assert load_bundle(_final_bundle(run)).manifest["training"]["world_size"] == 2
+    assert load_bundle(_final_bundle(run)).manifest.training.world_size == 2
 
 
 def test_torchrun_restart_after_a_killed_rank_continues_the_run(tmp_path: Path, digits_dir: Path) -> None:
@@ -315,8 +315,8 @@ def test_torchrun_restart_after_a_killed_rank_continues_the_run(tmp_path: Path, 
         )
         assert returncode == 0, log[-4000:]
         assert "torchrun restart 1 of job" in log and "continuing from the saved state" in log
-        final = load_bundle(_final_bundle(run)).manifest["training"]
-        assert final["iteration"] == 192 and final["world_size"] == 2
+        final = load_bundle(_final_bundle(run)).manifest.training
+        assert final.iteration == 192 and final.world_size == 2
         if "saved the resume state at iteration " in log:
             saved = int(log.split("saved the resume state at iteration ")[1].split(" ")[0])
             assert f"resuming at iteration {saved} of 192" in log and saved >= 20

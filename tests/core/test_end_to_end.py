@@ -14,9 +14,10 @@ from eir_core.predict import Predictor
 def test_autoencoder_bundle_loads_and_reconstructs(tiny_bundle: Path, digits_dir: Path) -> None:
     run = tiny_bundle.parent.parent
     m = read_manifest(tiny_bundle)
-    assert m["inputs"][0] == {**m["inputs"][0], "name": "mnist", "shape": [1, 8, 8], "dtype": "|u1"}
-    assert m["outputs"][0]["dtype"] == "<f4"
-    assert m["training"]["iteration"] == 2 * (1597 // 64)  # final checkpoint = last iteration
+    first = m.inputs[0]
+    assert (first.type, first.name, first.shape, first.dtype) == ("array", "mnist", (1, 8, 8), "|u1")
+    assert m.outputs[0].dtype == "<f4"
+    assert m.training.iteration == 2 * (1597 // 64)  # final checkpoint = last iteration
     for name in ("train_average_history.log", "validation_average_history.log", "training_curve_LOSS_1.png"):
         assert (run / name).is_file(), name
     samples = run / "results/mnist_output/mnist_output/samples"

@@ -36,7 +36,7 @@ def test_interrupt_saves_and_resume_finishes(tmp_path: Path, digits_dir: Path) -
     assert t.train() == 128 + signal.SIGTERM
     assert t.iteration == 14
     ckpts = list((run / "saved_models").glob("*_checkpoint_14_*.safetensors"))
-    assert ckpts and load_bundle(ckpts[0]).manifest["training"]["iteration"] == 14
+    assert ckpts and load_bundle(ckpts[0]).manifest.training.iteration == 14
 
     t2 = Trainer(cfg, TrainOptions(resume=True, no_pbar=True))
     t2.setup()

@@ -1,9 +1,7 @@
 """The servable bundle: one ``.safetensors`` file with weights, statistics and a manifest.
 
 * tensors: ``model.<state_dict key>`` and ``norm.<input|output>.<name>.<mean|std>``;
-* header metadata ``eir_manifest``: JSON with the format version, package version, the
-  model spec, resolved configs, inputs/outputs (shape, dtype, categories) and a training
-  summary.
+* header metadata ``eir_manifest``: the :class:`~eir_core.manifest.Manifest` as JSON.
 
 Writing is atomic (temporary file in the same folder, fsync, rename). Loading never unpickles:
 safetensors holds raw tensors and JSON, and anything unexpected is a :class:`BundleError`.
@@ -12,54 +10,32 @@ safetensors holds raw tensors and JSON, and anything unexpected is a :class:`Bun
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
 from eir_core import __version__
+from eir_core._fs import atomic_write_bytes
 from eir_core.data.normalization import NormStats
 from eir_core.errors import BundleError
+from eir_core.manifest import FORMAT, FORMAT_VERSION, ArrayInput, Manifest, checkpoints_in
 
-FORMAT = "eir-bundle"
-FORMAT_VERSION = 1
 MANIFEST_KEY = "eir_manifest"
 MAX_HEADER_BYTES = 50_000_000
 
 
-@dataclass
+@dataclass(frozen=True)
 class Bundle:
-    manifest: dict[str, Any]
+    manifest: Manifest
     state_dict: dict[str, torch.Tensor]
     input_stats: dict[str, NormStats]
     output_stats: dict[str, NormStats]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a server running as another user must read it
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _stats_tensors(prefix: str, stats: dict[str, NormStats]) -> dict[str, torch.Tensor]:
@@ -71,26 +47,51 @@ def _stats_tensors(prefix: str, stats: dict[str, NormStats]) -> dict[str, torch.
 
 
 def bundle_bytes(
-    manifest: dict[str, Any],
+    manifest: Manifest,
     state_dict: dict[str, torch.Tensor],
     input_stats: dict[str, NormStats],
     output_stats: dict[str, NormStats],
 ) -> bytes:
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__, **manifest}
+    stamped = manifest.model_copy(
+        update={"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__}
+    )
     tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     tensors.update(_stats_tensors("norm.input", input_stats))
     tensors.update(_stats_tensors("norm.output", output_stats))
-    return st_save(tensors, metadata={MANIFEST_KEY: json.dumps(manifest)})
+    return st_save(tensors, metadata={MANIFEST_KEY: stamped.model_dump_json()})
 
 
 def save_bundle(
     path: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     state_dict: dict[str, torch.Tensor],
     input_stats: dict[str, NormStats],
     output_stats: dict[str, NormStats],
 ) -> None:
     atomic_write_bytes(path, bundle_bytes(manifest, state_dict, input_stats, output_stats))
+
+
+def resolve_bundle_path(path: Path) -> Path:
+    """What a user passes for a model: a bundle file as is; a run folder (or its
+    ``saved_models/``) -> its best checkpoint (highest perf-average, then latest)."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix == ".pt":
+            raise BundleError(
+                f"{path}: an EIR .pt checkpoint (pickle) is not loaded here; retrain with eirtrain and pass "
+                "its saved_models/*.safetensors or the run folder"
+            )
+        return path
+    if path.is_dir():
+        folder = path / "saved_models" if (path / "saved_models").is_dir() else path
+        found = checkpoints_in(folder)
+        if not found:
+            raise BundleError(
+                f"{path}: no checkpoint (*_checkpoint_<iter>_perf-average=<x>.safetensors) found; "
+                "pass a bundle file or a run folder written by eirtrain"
+            )
+        return max(found)[2]
+    raise BundleError(f"{path}: no such file or folder; pass a .safetensors bundle or an eirtrain run folder")
 
 
 def _check_header(path: Path) -> None:
@@ -106,15 +107,39 @@ def _check_header(path: Path) -> None:
         )
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
+def read_manifest(path: Path) -> Manifest:
     """The manifest alone (cheap: reads only the header)."""
     return _open(path)[0]
 
 
-def _open(path: Path) -> tuple[dict[str, Any], list[str]]:
+def _parse_manifest(path: Path, text: str) -> Manifest:
+    try:
+        raw: Any = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path}: the manifest is not valid JSON ({e})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise BundleError(f"{path}: the manifest is not an {FORMAT} manifest")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: bundle format version {version!r}, this eir-core {__version__} reads "
+            f"version {FORMAT_VERSION}; retrain or use a matching eir-core"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise BundleError(
+            f"{path}: the manifest is invalid at {where}: {first['msg']} ({e.error_count()} problem(s))"
+        ) from None
+
+
+def _open(path: Path) -> tuple[Manifest, list[str]]:
     path = Path(path)
     if not path.is_file():
-        raise BundleError(f"{path}: no such bundle file")
+        hint = "; for a run folder pass the folder itself" if path.suffix == ".safetensors" else ""
+        raise BundleError(f"{path}: no such bundle file{hint}")
     _check_header(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -127,19 +152,7 @@ def _open(path: Path) -> tuple[dict[str, Any], list[str]]:
             f"{path}: a safetensors file without an EIR manifest; pass a bundle written by eirtrain "
             "(saved_models/*.safetensors)"
         )
-    try:
-        manifest = json.loads(meta[MANIFEST_KEY])
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{path}: the manifest is not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{path}: the manifest is not an {FORMAT} manifest")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(
-            f"{path}: bundle format version {version!r}, this eir-core {__version__} reads "
-            f"version {FORMAT_VERSION}; retrain or use a matching eir-core"
-        )
-    return manifest, keys
+    return _parse_manifest(path, meta[MANIFEST_KEY]), keys
 
 
 def load_bundle(path: Path) -> Bundle:
@@ -153,24 +166,19 @@ def load_bundle(path: Path) -> Bundle:
         raise BundleError(f"{path}: tensor data is unreadable or truncated ({e})") from None
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
 
-    def stats(prefix: str, entries: list[dict[str, Any]]) -> dict[str, NormStats]:
-        out = {}
-        for e in entries:
-            name = e["name"]
-            try:
-                mean, std = tensors[f"{prefix}.{name}.mean"], tensors[f"{prefix}.{name}.std"]
-            except KeyError:
-                raise BundleError(f"{path}: normalization statistics for {name!r} are missing") from None
-            c = int(e["shape"][0])
-            if mean.shape[0] != c or std.shape != mean.shape:
-                raise BundleError(f"{path}: statistics of {name!r} do not match its shape {e['shape']}")
-            out[name] = NormStats(e.get("normalization"), mean.numpy(), std.numpy())
-        return out
+    def stats(prefix: str, name: str, shape: tuple[int, ...], kind: str | None) -> NormStats:
+        try:
+            mean, std = tensors[f"{prefix}.{name}.mean"], tensors[f"{prefix}.{name}.std"]
+        except KeyError:
+            raise BundleError(f"{path}: normalization statistics for {name!r} are missing") from None
+        if mean.shape[0] != shape[0] or std.shape != mean.shape:
+            raise BundleError(f"{path}: statistics of {name!r} do not match its shape {list(shape)}")
+        return NormStats(kind, mean.numpy(), std.numpy())
 
-    try:
-        arrays_in = [e for e in manifest["inputs"] if e["type"] == "array"]
-        in_stats = stats("norm.input", arrays_in)
-        out_stats = stats("norm.output", manifest["outputs"])
-    except (KeyError, TypeError, IndexError) as e:
-        raise BundleError(f"{path}: the manifest lacks a required field ({e})") from None
+    in_stats = {
+        e.name: stats("norm.input", e.name, e.shape, e.normalization)
+        for e in manifest.inputs
+        if isinstance(e, ArrayInput)
+    }
+    out_stats = {o.name: stats("norm.output", o.name, o.shape, o.normalization) for o in manifest.outputs}
     return Bundle(manifest=manifest, state_dict=state, input_stats=in_stats, output_stats=out_stats)

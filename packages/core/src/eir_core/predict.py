@@ -12,38 +12,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import ValidationError
 
 from eir_core.bundle import Bundle, load_bundle
 from eir_core.data.tabular import NULL, TabularEncoding
+from eir_core.device import resolve_device
 from eir_core.errors import BundleError, InputError
 from eir_core.imputation import impute_array_, impute_tabular_, null_codes
-from eir_core.model.meta import MetaModel, ModelSpec
+from eir_core.manifest import ArrayInput, ArrayOutput, Manifest, TabularInput
+from eir_core.model.meta import MetaModel
 
 # What one item may carry per input: an array (any numeric dtype, the input's element
 # count) or, for a tabular input, a mapping of column -> raw value. Absent = imputed.
 Item = Mapping[str, Any]
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use auto or cpu")
-    return dev
-
-
 class Predictor:
     def __init__(self, bundle: Bundle, device: str | torch.device = "auto", source: str = "bundle") -> None:
-        self.manifest = bundle.manifest
-        try:
-            self.spec = ModelSpec.model_validate(bundle.manifest["model_spec"])
-        except (KeyError, ValidationError) as e:
-            raise BundleError(f"{source}: the manifest's model spec is invalid ({e})".replace("\n", " ")) from None
+        self.manifest: Manifest = bundle.manifest
+        self.spec = bundle.manifest.model_spec
         model = MetaModel(self.spec)
         try:
             model.load_state_dict(bundle.state_dict, strict=True)
@@ -54,10 +40,10 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.input_stats = bundle.input_stats
         self.output_stats = bundle.output_stats
-        self.inputs = {e["name"]: e for e in bundle.manifest["inputs"]}
-        self.outputs = {e["name"]: e for e in bundle.manifest["outputs"]}
+        self.inputs: dict[str, ArrayInput | TabularInput] = {e.name: e for e in bundle.manifest.inputs}
+        self.outputs: dict[str, ArrayOutput] = {o.name: o for o in bundle.manifest.outputs}
         self.encodings = {
-            e["name"]: TabularEncoding.from_json(e) for e in bundle.manifest["inputs"] if e["type"] == "tabular"
+            e.name: TabularEncoding.from_json(e.model_dump()) for e in bundle.manifest.inputs if e.type == "tabular"
         }
 
     @classmethod
@@ -67,7 +53,7 @@ class Predictor:
     @property
     def optional_inputs(self) -> set[str]:
         """Inputs that may be left out: those trained with modality dropout."""
-        return {n for n, e in self.inputs.items() if float(e.get("modality_dropout_rate", 0.0)) > 0}
+        return self.manifest.optional_inputs
 
     def check_item(self, item: Item) -> None:
         """Raise InputError naming the field for the first problem in ``item``."""
@@ -85,18 +71,18 @@ class Predictor:
                 )
         for name in given:
             entry = self.inputs[name]
-            if entry["type"] == "array":
+            if isinstance(entry, ArrayInput):
                 self._check_array(name, item[name], entry)
             else:
                 self._check_tabular(name, item[name], self.encodings[name])
 
     @staticmethod
-    def _check_array(name: str, value: Any, entry: Mapping[str, Any]) -> None:
+    def _check_array(name: str, value: Any, entry: ArrayInput) -> None:
         if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
             raise InputError(name, "expected a numeric array")
-        n = int(np.prod(entry["shape"]))
+        n = entry.n_elements
         if value.size != n:
-            raise InputError(name, f"expected {n} elements (shape {list(entry['shape'])}), got {value.size}")
+            raise InputError(name, f"expected {n} elements (shape {list(entry.shape)}), got {value.size}")
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             raise InputError(name, "contains NaN or infinite values")
 
@@ -130,8 +116,8 @@ class Predictor:
         batch: dict[str, Any] = {}
         for name, entry in self.inputs.items():
             missing = np.array([items[i].get(name) is None for i in range(n)])
-            if entry["type"] == "array":
-                shape = tuple(entry["shape"])
+            if isinstance(entry, ArrayInput):
+                shape = entry.shape
                 x = torch.empty((n, *shape), dtype=torch.float32)
                 for i in range(n):
                     if missing[i]:

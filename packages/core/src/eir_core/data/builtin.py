@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from eir_core.bundle import atomic_write_bytes
+from eir_core._fs import atomic_write_bytes
 
 
 def load_digits_uint8() -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ always written and kept. The resume state (weights, optimizer, schedule, RNG, it
 from __future__ import annotations
 
 import json
-import re
+import logging
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +22,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from eir_core.bundle import atomic_write_bytes
+from eir_core._fs import atomic_write_bytes
 from eir_core.errors import RunFolderError
+from eir_core.manifest import checkpoints_in
 
-CKPT_RE = re.compile(r"_checkpoint_(\d+)_perf-average=(-?[0-9.]+(?:e-?\d+)?)\.safetensors$")
-
-
-def checkpoint_name(run_name: str, iteration: int, perf: float) -> str:
-    return f"{run_name}_checkpoint_{iteration}_perf-average={perf:.4f}.safetensors"
+log = logging.getLogger("eir_core.train")
 
 
 @dataclass
@@ -40,11 +37,7 @@ class CheckpointKeeper:
     kept: list[tuple[float, int, Path]] = field(default_factory=list)  # (perf, iter, path)
 
     def scan(self) -> None:
-        self.kept = []
-        for p in self.folder.glob("*.safetensors"):
-            m = CKPT_RE.search(p.name)
-            if m:
-                self.kept.append((float(m.group(2)), int(m.group(1)), p))
+        self.kept = checkpoints_in(self.folder)
 
     def is_better(self, perf: float) -> bool:
         if len(self.kept) < self.n_keep:
@@ -61,6 +54,11 @@ class CheckpointKeeper:
             keep.append((perf, iteration, path))
         for k in self.kept:
             if k not in keep:
+                log.info(
+                    "removed older checkpoint %s (n_saved_models=%d keeps the best by perf-average)",
+                    k[2].name,
+                    self.n_keep,
+                )
                 k[2].unlink(missing_ok=True)
         self.kept = keep
 

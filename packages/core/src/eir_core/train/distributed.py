@@ -19,7 +19,10 @@ from typing import Any, TypeVar
 
 import torch
 
-from eir_core.errors import ConfigError, EirError
+from eir_core.config.schema import ExperimentConfig
+from eir_core.data.dataset import RunData, build_run_data
+from eir_core.device import resolve_device
+from eir_core.errors import ConfigError, DataError, EirError
 
 log = logging.getLogger("eir_core.train")
 
@@ -223,3 +226,58 @@ class Dist:
             if msg is not None:
                 raise PeerFailed(f"rank {r} stopped with an error: {msg}")
         return result
+
+
+# ------------------------------------------------------------------ the trainer's distributed policy
+def check_batch_division(batch_size: int, world_size: int) -> None:
+    """``batch_size`` is the global batch of one step: it must divide among the processes."""
+    if batch_size % world_size:
+        lo = batch_size - batch_size % world_size
+        fits = " or ".join(str(b) for b in (lo, lo + world_size) if b > 0)
+        raise ConfigError(
+            f"globals: basic_experiment.batch_size={batch_size} is the global batch of one step and "
+            f"must divide evenly among the {world_size} processes; use {fits}, or another --nproc-per-node"
+        )
+
+
+def choose_device(wanted: str, dist: Dist) -> torch.device:
+    """The config's device; under torchrun on GPUs, the GPU of this process's LOCAL_RANK."""
+    try:
+        device = resolve_device(wanted)
+    except ValueError as e:
+        raise ConfigError(f"globals: accelerator.hardware: {e}") from None
+    if dist.enabled and device.type == "cuda":
+        if dist.local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"LOCAL_RANK={dist.local_rank} but this machine has {torch.cuda.device_count()} GPU(s); "
+                "start at most that many processes per node (--nproc-per-node)"
+            )
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def load_run_data(cfg: ExperimentConfig, seed: int, dist: Dist) -> RunData:
+    """Rank 0 reads and fits; the other ranks read with rank 0's statistics and encodings,
+    then every rank checks that it sees the same samples and split."""
+    if not dist.enabled:
+        return build_run_data(cfg, seed)
+    box: dict[str, RunData] = {}
+
+    def fit_on_main() -> dict[str, object]:
+        box["data"] = build_run_data(cfg, seed)
+        return box["data"].fitted_state()
+
+    fitted = dist.from_main(fit_on_main)
+    data: RunData = dist.agree(lambda: box.get("data") or build_run_data(cfg, seed, fitted))
+    prints = dist.all_gather_json(data.fingerprint())
+
+    def check() -> None:
+        if prints[dist.rank] != prints[0]:
+            raise DataError(
+                f"rank {dist.rank} sees different data than rank 0 ({prints[dist.rank]} vs {prints[0]}); "
+                "every machine needs the same files at the paths in the configs"
+            )
+
+    dist.agree(check)
+    return data

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from eir_core.bundle import atomic_write_bytes
+from eir_core._fs import atomic_write_bytes
 
 
 def _figure(figsize: tuple[float, float]) -> Any:

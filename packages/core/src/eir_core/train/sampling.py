@@ -9,41 +9,59 @@ given are imputed, so a label alone generates a digit). Each item: ``<i>_generat
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from eir_core.bundle import Bundle
+from eir_core.config.schema import OutputConfig
 from eir_core.data.arrays import load_npy
-from eir_core.data.dataset import ArrayColumn, TabularColumn
+from eir_core.data.dataset import ArrayColumn, RunData, TabularColumn
 from eir_core.data.tabular import NULL
 from eir_core.errors import ConfigError, DataError, InputError
 from eir_core.predict import Predictor
+from eir_core.train.render import Renderer
 
-if TYPE_CHECKING:
-    from eir_core.train.trainer import Trainer
+# Below this ``saved_result_detail_level`` no samples are written (as in EIR).
+MIN_DETAIL_LEVEL = 5
 
 
 class SampleWriter:
-    def __init__(self, trainer: Trainer, run_dir: Path) -> None:
-        self.t = trainer
+    """Chooses the items once (validation samples and the config's manual inputs) and, at
+    every validation, generates their outputs with the predictor it is given."""
+
+    def __init__(
+        self,
+        data: RunData,
+        output_configs: Sequence[OutputConfig],
+        detail_level: int,
+        seed: int,
+        run_dir: Path,
+        renderer: Renderer,
+    ) -> None:
+        self.data = data
+        self.seed = seed
         self.run_dir = run_dir
-        cfg = trainer.cfg
-        self.level = cfg.global_config.evaluation_checkpoint.saved_result_detail_level
-        n_eval = max((oc.sampling_config.n_eval_inputs for oc in cfg.output_configs), default=0)
-        valid = trainer.data.valid_idx
-        rng = np.random.default_rng(trainer.opts.seed + 1)
+        self.renderer = renderer
+        self.level = detail_level
+        n_eval = max((oc.sampling_config.n_eval_inputs for oc in output_configs), default=0)
+        valid = data.valid_idx
+        rng = np.random.default_rng(seed + 1)
         self.auto_idx = np.sort(rng.choice(valid, size=min(n_eval, len(valid)), replace=False))
         self.manual: dict[str, list[dict[str, Any]]] = {
             oc.name: [self._manual_item(k, m) for k, m in enumerate(oc.sampling_config.manual_inputs)]
-            for oc in cfg.output_configs
+            for oc in output_configs
         }
-        self.n_eval = {oc.name: oc.sampling_config.n_eval_inputs for oc in cfg.output_configs}
+        self.n_eval = {oc.name: oc.sampling_config.n_eval_inputs for oc in output_configs}
+
+    @property
+    def enabled(self) -> bool:
+        return self.level >= MIN_DETAIL_LEVEL and any([len(self.auto_idx), *self.manual.values()])
 
     def _manual_item(self, k: int, raw: dict[str, Any]) -> dict[str, Any]:
         where = f"sampling_config.manual_inputs[{k}]"
-        inputs = self.t.data.inputs
+        inputs = self.data.inputs
         item: dict[str, Any] = {}
         for name, value in raw.items():
             col = inputs.get(name)
@@ -84,7 +102,7 @@ class SampleWriter:
 
     def _auto_items(self) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = [{} for _ in self.auto_idx]
-        for name, col in self.t.data.inputs.items():
+        for name, col in self.data.inputs.items():
             if isinstance(col, ArrayColumn):
                 rows = col.rows[self.auto_idx]
                 have = rows >= 0
@@ -107,18 +125,13 @@ class SampleWriter:
                     items[i][name] = {k: v for k, v in row.items() if v != NULL}
         return items
 
-    def write(self, iteration: int, weights: dict[str, Any]) -> None:
+    def write(self, iteration: int, predictor: Predictor) -> None:
         """Generate and save samples now; the PNG grids are drawn by the renderer process."""
-        if self.level <= 4 or not any([len(self.auto_idx), *self.manual.values()]):
+        if not self.enabled:
             return
-        t = self.t
-        in_stats = {n: c.stats for n, c in t.data.inputs.items() if isinstance(c, ArrayColumn)}
-        out_stats = {n: c.stats for n, c in t.data.outputs.items()}
-        bundle = Bundle(t.manifest(iteration, float("nan"), float("nan")), weights, in_stats, out_stats)
-        predictor = Predictor(bundle, device=t.device)
         auto = self._auto_items()
-        ids = [t.data.ids[i] for i in self.auto_idx]
-        seed = t.opts.seed
+        ids = [self.data.ids[i] for i in self.auto_idx]
+        seed = self.seed
         try:
             auto_out = predictor.predict(auto, seeds=[seed + i for i in range(len(auto))])
             manual_out = {
@@ -127,7 +140,7 @@ class SampleWriter:
             }
         except InputError as e:  # data the config pointed at; say which
             raise ConfigError(f"sample generation: {e}") from None
-        for out_name in t.data.outputs:
+        for out_name in self.data.outputs:
             base = self.run_dir / "results" / out_name / out_name / "samples" / str(iteration)
             n = self.n_eval[out_name]
             self._save(base / "auto", auto[:n], [o[out_name] for o in auto_out[:n]], ids[:n], 0)
@@ -148,7 +161,7 @@ class SampleWriter:
         folder.mkdir(parents=True, exist_ok=True)
         meta: dict[str, Any] = {}
         rows = []
-        array_inputs = [n for n, c in self.t.data.inputs.items() if isinstance(c, ArrayColumn)]
+        array_inputs = [n for n, c in self.data.inputs.items() if isinstance(c, ArrayColumn)]
         for k, (item, gen, sid) in enumerate(zip(items, generated, ids, strict=True)):
             i = start + k
             np.save(folder / f"{i}_generated.npy", gen.astype(np.float32))
@@ -173,7 +186,7 @@ class SampleWriter:
         titles = (["input"] * (n_cols - 1)) + ["generated"]
         arrays = folder / ".grid_arrays.npz"
         np.savez(arrays, **{f"{i}_{k}": p for i, (_, pics) in enumerate(rows) for k, p in enumerate(pics)})
-        self.t.renderer.submit(
+        self.renderer.submit(
             "grid",
             path=str(folder / "grid.png"),
             arrays=str(arrays),

@@ -1,0 +1,197 @@
+"""The bundle's manifest, typed: what a servable model takes, gives and was trained as.
+
+Written by the trainer into the bundle's header, validated by ``load_bundle`` (a manifest
+that does not fit these models is a ``BundleError``) and read by attribute everywhere else.
+The views that the CLIs and the server show (``/info``, a working example item, the
+checkpoint file name) are derived here, once.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from eir_core.data.tabular import NULL
+from eir_core.model.meta import ModelSpec
+
+FORMAT = "eir-bundle"
+FORMAT_VERSION = 1
+
+
+class _Model(BaseModel):
+    # Frozen: a manifest describes a written file. Unknown keys are ignored so that a newer
+    # eir-core's additions within the same format version do not make a bundle unreadable.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class ArrayInput(_Model):
+    type: Literal["array"] = "array"
+    name: str
+    shape: tuple[int, ...]  # channel first, as the model sees it
+    dtype: str  # numpy dtype string of the training files (and of request bytes), e.g. "|u1"
+    original_shape: tuple[int, ...] = ()
+    normalization: str | None = None
+    modality_dropout_rate: float = 0.0
+
+    @property
+    def n_elements(self) -> int:
+        return int(np.prod(self.shape))
+
+
+class TabularInput(_Model):
+    type: Literal["tabular"] = "tabular"
+    name: str
+    cat_columns: list[str] = []
+    con_columns: list[str] = []
+    categories: dict[str, list[str]] = {}  # column -> sorted vocabulary, NULL included
+    con_mean: dict[str, float] = {}
+    con_std: dict[str, float] = {}
+    modality_dropout_rate: float = 0.0
+
+    def offered(self, column: str) -> list[str]:
+        """The categories a client may send for ``column`` (the vocabulary without NULL)."""
+        return [c for c in self.categories[column] if c != NULL]
+
+
+InputEntry = Annotated[ArrayInput | TabularInput, Field(discriminator="type")]
+
+
+class ArrayOutput(_Model):
+    type: Literal["array"] = "array"
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "<f4"  # what the server returns: un-normalized float32
+    source_dtype: str | None = None  # dtype of the training files
+    original_shape: tuple[int, ...] = ()
+    normalization: str | None = None
+
+
+class TrainingSummary(_Model):
+    iteration: int
+    perf_average: float
+    validation_loss: float
+    elapsed_s: float = 0.0
+    world_size: int = 1
+    batch_size: int | None = None
+    batch_size_per_process: int | None = None
+    seed: int | None = None
+
+
+class Manifest(_Model):
+    format: Literal["eir-bundle"] = FORMAT
+    format_version: int = FORMAT_VERSION
+    package_version: str = ""
+    run_name: str
+    model_spec: ModelSpec
+    configs: dict[str, Any] = {}
+    inputs: list[InputEntry]
+    outputs: list[ArrayOutput]
+    training: TrainingSummary
+
+    def input(self, name: str) -> ArrayInput | TabularInput:
+        for e in self.inputs:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [e.name for e in self.inputs]
+
+    @property
+    def optional_inputs(self) -> set[str]:
+        """Inputs that may be left out of a request: those trained with modality dropout."""
+        return {e.name for e in self.inputs if e.modality_dropout_rate > 0}
+
+    def dummy_item(self) -> dict[str, Any]:
+        """An item the model accepts: all-zero arrays and the first offered category of every
+        column. The server's warm-up and its OpenAPI example both use it."""
+        item: dict[str, Any] = {}
+        for e in self.inputs:
+            if isinstance(e, ArrayInput):
+                item[e.name] = np.zeros(e.shape, dtype=np.dtype(e.dtype))
+            else:
+                item[e.name] = {c: e.offered(c)[0] for c in e.cat_columns if e.offered(c)}
+        return item
+
+    def info(self, device: str) -> dict[str, Any]:
+        """EIR's ``/info`` (input shapes and dtypes), with the tabular columns and their
+        categories, which inputs are optional, the real output dtype and the model."""
+        optional = self.optional_inputs
+        inputs: dict[str, Any] = {}
+        for e in self.inputs:
+            if isinstance(e, ArrayInput):
+                inputs[e.name] = {"type": "array", "shape": list(e.shape), "dtype": e.dtype}
+            else:
+                inputs[e.name] = {
+                    "type": "tabular",
+                    "categorical_columns": {c: e.offered(c) for c in e.cat_columns},
+                    "continuous_columns": list(e.con_columns),
+                }
+            inputs[e.name]["optional"] = e.name in optional
+        outputs = {
+            o.name: {"type": "array", "shape": list(o.shape), "dtype": o.dtype, "source_dtype": o.source_dtype}
+            for o in self.outputs
+        }
+        return {
+            "inputs": inputs,
+            "outputs": outputs,
+            "model": {
+                "name": self.run_name,
+                "training": self.training.model_dump(mode="json"),
+                "device": device,
+                "eir_core_version": self.package_version,
+            },
+        }
+
+    def describe(self) -> list[str]:
+        """Human-readable lines for ``eir-bundle inspect``."""
+        t = self.training
+        lines = [
+            f"format    {self.format} v{self.format_version} (eir-core {self.package_version})",
+            f"run       {self.run_name}  iteration {t.iteration}  perf-average {t.perf_average}",
+        ]
+        per = f" ({t.batch_size_per_process} per process)" if t.batch_size_per_process is not None else ""
+        lines.append(f"trained   {t.world_size} process(es), global batch {t.batch_size or '?'}{per}")
+        for e in self.inputs:
+            if isinstance(e, ArrayInput):
+                lines.append(
+                    f"input     {e.name}: array {list(e.shape)} {e.dtype} normalization={e.normalization}"
+                )
+            else:
+                cats = "; ".join(f"{c}: {', '.join(e.offered(c))}" for c in e.cat_columns)
+                lines.append(f"input     {e.name}: tabular  categories {cats}  continuous {e.con_columns}")
+            if e.modality_dropout_rate:
+                lines.append(f"          (optional at prediction: modality_dropout_rate={e.modality_dropout_rate})")
+        for o in self.outputs:
+            lines.append(f"output    {o.name}: array {list(o.shape)} float32 (training files {o.source_dtype})")
+        return lines
+
+
+# ------------------------------------------------------------------ checkpoint file names
+# EIR's checkpoint names with the bundle's suffix: <run>_checkpoint_<iter>_perf-average=<x>.safetensors
+_CHECKPOINT = re.compile(r"_checkpoint_(\d+)_perf-average=(-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\.safetensors$")
+
+
+def checkpoint_name(run_name: str, iteration: int, perf: float) -> str:
+    return f"{run_name}_checkpoint_{iteration}_perf-average={perf:.4f}.safetensors"
+
+
+def parse_checkpoint_name(name: str) -> tuple[int, float] | None:
+    """(iteration, perf-average) of a checkpoint file name, or None for any other name."""
+    m = _CHECKPOINT.search(name)
+    return (int(m.group(1)), float(m.group(2))) if m else None
+
+
+def checkpoints_in(folder: Path) -> list[tuple[float, int, Path]]:
+    """(perf-average, iteration, path) of every checkpoint in ``folder``."""
+    found = []
+    for p in folder.glob("*.safetensors"):
+        parsed = parse_checkpoint_name(p.name)
+        if parsed is not None:
+            found.append((parsed[1], parsed[0], p))
+    return found
