@@ -63,7 +63,11 @@ def test_hostile_and_broken_files_are_refused(tiny_bundle: Path, tmp_path: Path)
         }
     )
     future = tmp_path / "future.safetensors"
-    future.write_bytes(st_save(tensors, metadata={MANIFEST_KEY: json.dumps({**b.manifest.model_dump(mode="json"), "format_version": 99})}))
+    future.write_bytes(
+        st_save(
+            tensors, metadata={MANIFEST_KEY: json.dumps({**b.manifest.model_dump(mode="json"), "format_version": 99})}
+        )
+    )
     with pytest.raises(BundleError, match="format version 99"):
         read_manifest(future)
 

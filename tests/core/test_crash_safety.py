@@ -77,7 +77,10 @@ def _cmd(args: list[str], mode: str) -> list[str]:
 
 def _killed_at(where: str, nth: int, args: list[str], mode: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", KILLER, where, str(nth), *args, *EXTRA, *([mode] if mode else [])], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", KILLER, where, str(nth), *args, *EXTRA, *([mode] if mode else [])],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

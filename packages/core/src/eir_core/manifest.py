@@ -159,9 +159,7 @@ class Manifest(_Model):
         lines.append(f"trained   {t.world_size} process(es), global batch {t.batch_size or '?'}{per}")
         for e in self.inputs:
             if isinstance(e, ArrayInput):
-                lines.append(
-                    f"input     {e.name}: array {list(e.shape)} {e.dtype} normalization={e.normalization}"
-                )
+                lines.append(f"input     {e.name}: array {list(e.shape)} {e.dtype} normalization={e.normalization}")
             else:
                 cats = "; ".join(f"{c}: {', '.join(e.offered(c))}" for c in e.cat_columns)
                 lines.append(f"input     {e.name}: tabular  categories {cats}  continuous {e.con_columns}")

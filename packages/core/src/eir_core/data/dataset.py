@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,6 +143,23 @@ class RunData:
         return inputs, targets, present
 
 
+def _where(input_name: str) -> str:
+    return f"input {input_name!r}: input_info.input_source"
+
+
+@contextmanager
+def _naming(where: str, path: str) -> Iterator[None]:
+    """A data error about a configured path names the config key and the absolute path."""
+    try:
+        yield
+    except DataError as e:
+        resolved = Path(path).resolve()
+        raise DataError(
+            f"{where} = {path} (resolved to {resolved}; relative paths start from the folder eirtrain runs in, "
+            f"{Path.cwd()}): {str(e).removeprefix(str(path) + ': ')}"
+        ) from None
+
+
 def _rows_for(ids: list[str], lookup: dict[str, int]) -> np.ndarray:
     return np.array([lookup.get(i, -1) for i in ids], dtype=np.int64)
 
@@ -156,15 +175,19 @@ def build_run_data(cfg: ExperimentConfig, seed: int, fitted: dict[str, object] |
     given_encodings: dict[str, object] = dict(fitted["encodings"]) if fitted else {}  # type: ignore[call-overload]
     sources: dict[str, ArraySource] = {}
 
-    def source(path: str) -> ArraySource:
+    def source(path: str, where: str) -> ArraySource:
         key = str(Path(path).resolve())
         if key not in sources:
-            sources[key] = open_array_source(Path(path))
+            with _naming(where, path):
+                sources[key] = open_array_source(Path(path))
             if ge.memory_dataset:
                 sources[key].load_all()  # read each file once; stats and tensors share it
         return sources[key]
 
-    out_sources = {oc.name: source(oc.output_info.output_source) for oc in cfg.output_configs}
+    out_sources = {
+        oc.name: source(oc.output_info.output_source, f"output {oc.name!r}: output_info.output_source")
+        for oc in cfg.output_configs
+    }
     universe = sorted(set().union(*(s.ids for s in out_sources.values())))
 
     tables = {}
@@ -172,10 +195,13 @@ def build_run_data(cfg: ExperimentConfig, seed: int, fitted: dict[str, object] |
     for ic in cfg.input_configs:
         if isinstance(ic, TabularInputConfig):
             ti = ic.input_type_info
-            tables[ic.name] = read_table(Path(ic.input_info.input_source), ti.input_cat_columns, ti.input_con_columns)
+            with _naming(f"input {ic.name!r}: input_info.input_source", ic.input_info.input_source):
+                tables[ic.name] = read_table(
+                    Path(ic.input_info.input_source), ti.input_cat_columns, ti.input_con_columns
+                )
             input_ids[ic.name] = set(tables[ic.name].ids)
         else:
-            input_ids[ic.name] = set(source(ic.input_info.input_source).ids)
+            input_ids[ic.name] = set(source(ic.input_info.input_source, _where(ic.name)).ids)
     with_any = [i for i in universe if any(i in s for s in input_ids.values())]
     dropped = len(universe) - len(with_any)
     if not with_any:
@@ -236,7 +262,7 @@ def build_run_data(cfg: ExperimentConfig, seed: int, fitted: dict[str, object] |
     for ic in cfg.input_configs:
         if isinstance(ic, ArrayInputConfig):
             ti = ic.input_type_info
-            src = source(ic.input_info.input_source)
+            src = source(ic.input_info.input_source, _where(ic.name))
             inputs[ic.name] = array_column(ic.name, src, ti.normalization, ti.adaptive_normalization_max_samples)
         else:
             table = tables[ic.name]

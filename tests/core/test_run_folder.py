@@ -1,0 +1,146 @@
+"""No command destroys what it did not make; mistakes leave nothing that blocks a retry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from eir_core.cli.train import main as eirtrain
+from eir_core.train.run_folder import MARKER
+from tests.helpers import tutorial_configs
+
+SHORT = ["--globals.basic_experiment.n_epochs=1", "--globals.evaluation_checkpoint.saved_result_detail_level=4"]
+
+
+def _args(tmp: Path, digits: Path, out: Path | str) -> list[str]:
+    return [*tutorial_configs(tmp, digits, Path(out), conditional=False), *SHORT, "--no-pbar"]
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("eirtrain: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_overwrite_of_the_current_folder_is_refused_and_deletes_nothing(
+    tmp_path: Path, digits_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "my_notes.txt").write_text("keep me")
+    args = _args(work, digits_dir, ".")
+    monkeypatch.chdir(work)
+    assert eirtrain([*args, "--overwrite"]) == 2
+    msg = _one_error_line(capsys)
+    assert "did not write" in msg and "my_notes.txt" in msg
+    assert (work / "my_notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in work.iterdir()) == [
+        "globals.yaml",
+        "input_mnist_array.yaml",
+        "my_notes.txt",
+        "output.yaml",
+    ]
+
+
+def test_a_folder_of_user_files_is_never_written_into_or_cleared(
+    tmp_path: Path, digits_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    for flags in ([], ["--overwrite"], ["--resume"]):
+        assert eirtrain([*_args(tmp_path, digits_dir, out), *flags]) == 2
+        assert "output_folder" in _one_error_line(capsys)
+        assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_overwrite_refuses_home_and_parents_of_the_current_folder(
+    tmp_path: Path, digits_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    (home / "sub").mkdir(parents=True)
+    (home / MARKER).write_text("{}\n")  # even a folder that looks like a run
+    (home / "precious.txt").write_text("x")
+    monkeypatch.setenv("HOME", str(home))
+    assert eirtrain([*_args(tmp_path, digits_dir, home), "--overwrite"]) == 2
+    assert "home folder" in _one_error_line(capsys)
+    monkeypatch.setenv("HOME", str(tmp_path / "elsewhere"))
+    monkeypatch.chdir(home / "sub")
+    assert eirtrain([*_args(tmp_path, digits_dir, home), "--overwrite"]) == 2
+    assert "current folder or one of its parents" in _one_error_line(capsys)
+    assert (home / "precious.txt").is_file() and (home / "sub").is_dir()
+
+
+def test_a_data_error_leaves_no_folder_and_the_fixed_command_just_runs(
+    tmp_path: Path, digits_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs" / "x1"
+    args = _args(tmp_path, digits_dir, out)
+    bad = [*args, "--input_mnist_array.input_info.input_source=data/digits28/mnist_npy"]
+    assert eirtrain(bad) == 2
+    msg = _one_error_line(capsys)
+    assert "input 'mnist': input_info.input_source = data/digits28/mnist_npy" in msg
+    assert str(tmp_path / "data" / "digits28" / "mnist_npy") in msg
+    assert not out.exists(), "a failed start must not leave a run folder behind"
+    assert eirtrain(args) == 0  # the corrected command, without --resume or --overwrite
+
+
+def test_a_run_that_saved_nothing_does_not_block_the_same_command(tmp_path: Path, digits_dir: Path) -> None:
+    out = tmp_path / "run"
+    (out / "configs").mkdir(parents=True)
+    (out / MARKER).write_text("{}\n")  # what a run leaves when it fails before its first checkpoint
+    (out / "logging_history.log").write_text("...")
+    assert eirtrain(_args(tmp_path, digits_dir, out)) == 0
+    assert list((out / "saved_models").glob("*_checkpoint_24_*.safetensors"))
+
+
+def test_overwrite_removes_only_what_a_run_writes_and_resume_of_a_finished_run_says_how_to_go_on(
+    tmp_path: Path, digits_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    args = _args(tmp_path, digits_dir, out)
+    assert eirtrain(args) == 0
+    (out / "my_analysis.ipynb").write_text("{}")
+    first = {p.name for p in (out / "saved_models").iterdir()}
+    capsys.readouterr()
+
+    assert eirtrain([*args, "--resume"]) == 2
+    msg = _one_error_line(capsys)
+    assert "already finished (iteration 24 of 24)" in msg and "n_epochs" in msg and "--overwrite" in msg
+
+    assert eirtrain(args) == 2
+    assert "already has a run" in _one_error_line(capsys)
+
+    assert eirtrain([*args, "--overwrite"]) == 0
+    assert (out / "my_analysis.ipynb").read_text() == "{}"
+    assert "kept files that eirtrain did not write: my_analysis.ipynb" in capsys.readouterr().err
+    assert {p.name for p in (out / "saved_models").iterdir()} == first  # same seed, same checkpoints
+
+    assert eirtrain([*args, "--resume", "--globals.basic_experiment.n_epochs=2"]) == 0  # training further
+    assert list((out / "saved_models").glob("*_checkpoint_48_*.safetensors"))
+
+
+def test_training_output_is_honest(tmp_path: Path, digits_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    args = [
+        *_args(tmp_path, digits_dir, out),
+        "--globals.evaluation_checkpoint.checkpoint_interval=4",
+        "--globals.evaluation_checkpoint.sample_interval=4",
+        "--globals.evaluation_checkpoint.n_saved_models=1",
+    ]
+    assert eirtrain(args) == 0
+    err = capsys.readouterr().err
+    assert "removed older checkpoint" in err
+    assert "drawing the last plots" in err
+    done = next(ln for ln in err.splitlines() if " done: " in ln)
+    from eir_core.bundle import load_bundle
+
+    (final,) = (out / "saved_models").glob("*_checkpoint_24_*.safetensors")
+    bundle = load_bundle(final)
+    assert f"in {bundle.manifest.training.elapsed_s:.1f}s" in done
+    assert os.path.getsize(out / "logging_history.log") > 0
