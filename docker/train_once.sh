@@ -3,16 +3,25 @@
 #   TUTORIAL_RUN=autoencoder|conditional (default autoencoder), SIZE=8|28 (default 8)
 set -euo pipefail
 out=${MODELS_DIR:-/models}
-if ls "$out"/saved_models/*.safetensors >/dev/null 2>&1; then
-  echo "bundle already in $out; skipping training"; exit 0
-fi
 size=${SIZE:-8}
+kind=${TUTORIAL_RUN:-autoencoder}
+case "$kind" in autoencoder|conditional) ;; *) echo "TUTORIAL_RUN=$kind: use autoencoder or conditional" >&2; exit 2 ;; esac
+# The run's name names its checkpoints and is the model's name in /info.
+name="tutorial_${kind}_${size}"
+if ls "$out"/saved_models/"${name}"_checkpoint_*.safetensors >/dev/null 2>&1; then
+  echo "bundle of $name already in $out; skipping training"; exit 0
+fi
+if ls "$out"/saved_models/*.safetensors >/dev/null 2>&1; then
+  echo "$out holds a bundle of another run ($(ls "$out"/saved_models | head -1)), not of $name;" \
+       "point MODELS_DIR at a folder of its own (compose uses /models/$name)" >&2
+  exit 2
+fi
 conf=examples/tutorial/digits8; [ "$size" = 28 ] && conf=examples/tutorial
 data=/tmp/data
 if [ "$size" = 28 ]; then eir-data digits --size 28 --count 10000 --output-folder "$data"
 else eir-data digits --output-folder "$data"; fi
 src="$data/mnist_npy"
-if [ "${TUTORIAL_RUN:-autoencoder}" = conditional ]; then
+if [ "$kind" = conditional ]; then
   set -- --input_configs "$conf/input_mnist_array_with_label.yaml" "$conf/input_mnist_label.yaml" \
     --output_configs "$conf/output_with_label.yaml" \
     "--input_mnist_array_with_label.input_info.input_source=$src" \
@@ -24,10 +33,10 @@ else
 fi
 # Train into a scratch folder on the volume, then move it in place: a half-trained run is
 # never mistaken for a finished one.
-# (The run's own folder name, "tutorial", names the checkpoints; a leading dot would hide them.)
+# (The run's own folder name names the checkpoints; a leading dot on it would hide them.)
 rm -rf "$out/.training"
 eirtrain --global_configs "$conf/globals.yaml" "$@" \
-  "--globals.basic_experiment.output_folder=$out/.training/tutorial" --no-pbar
-mv "$out/.training/tutorial/saved_models" "$out/saved_models"
+  "--globals.basic_experiment.output_folder=$out/.training/$name" --no-pbar
+mv "$out/.training/$name/saved_models" "$out/saved_models"
 rm -rf "$out/.training"
 echo "trained: $(ls "$out"/saved_models)"

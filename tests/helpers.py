@@ -3,8 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
+from pydantic import BaseModel
+
+
+def with_values(model: BaseModel, **values: object) -> Any:
+    """A copy of a frozen config with dotted paths replaced, e.g.
+    ``with_values(cfg, **{"global_config.basic_experiment.n_epochs": 1, "input_configs.0.input_info.input_source": p})``."""
+    out = model
+    for path, value in values.items():
+        out = _replace(out, path.split("."), value)
+    return out
+
+
+def _replace(node: Any, keys: list[str], value: object) -> Any:
+    head, rest = keys[0], keys[1:]
+    if isinstance(node, list):
+        i = int(head)
+        return [*node[:i], _replace(node[i], rest, value) if rest else value, *node[i + 1 :]]
+    new = _replace(getattr(node, head), rest, value) if rest else value
+    return node.model_copy(update={head: new})
 
 
 def write_yaml(path: Path, data: dict) -> Path:

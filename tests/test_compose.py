@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -34,3 +35,39 @@ def test_serve_image_is_non_root_with_healthcheck_and_no_training_extra() -> Non
     assert "[train]" not in text and "matplotlib" not in text and "scikit-learn" not in text
     assert text.index('pip install "${TORCH_SPEC}"') < text.index("COPY packages/core")  # deps cached first
     assert "USER eir" in (ROOT / "docker" / "train.Dockerfile").read_text()
+
+
+def test_compose_never_serves_stale_code_or_another_runs_model() -> None:
+    c = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    for name, svc in c["services"].items():
+        if "build" in svc:
+            assert svc.get("pull_policy") == "build", f"{name} could run an image built from older code"
+    folder = "/models/tutorial_${TUTORIAL_RUN:-autoencoder}_${SIZE:-8}"
+    assert c["services"]["train"]["environment"]["MODELS_DIR"] == folder  # each run trains into its own folder
+    for name in ("serve", "serve-gpu"):
+        assert c["services"][name]["environment"]["EIR_SERVE_MODEL_PATH"] == folder  # and is served from it
+
+
+def _train_once(models: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        ["bash", str(ROOT / "docker" / "train_once.sh")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "MODELS_DIR": str(models), **env},
+    )
+
+
+def test_train_once_skips_its_own_bundle_and_refuses_another_runs(tmp_path: Path) -> None:
+    saved = tmp_path / "saved_models"
+    saved.mkdir()
+    (saved / "tutorial_conditional_8_checkpoint_1440_perf-average=0.9100.safetensors").write_bytes(b"x")
+    r = _train_once(tmp_path, TUTORIAL_RUN="conditional")
+    assert r.returncode == 0 and "bundle of tutorial_conditional_8 already" in r.stdout
+    r = _train_once(tmp_path, TUTORIAL_RUN="autoencoder")
+    assert r.returncode == 2 and "another run" in r.stderr and "tutorial_autoencoder_8" in r.stderr
+    r = _train_once(tmp_path, TUTORIAL_RUN="vae")
+    assert r.returncode == 2 and "use autoencoder or conditional" in r.stderr

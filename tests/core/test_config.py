@@ -149,12 +149,13 @@ def test_cli_errors_exit_2_without_traceback(
     err = capsys.readouterr().err
     assert err.startswith("eirtrain: error:") and "Traceback" not in err and "n_epochs" in err
     # An existing run is not overwritten silently.
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "train_average_history.log").write_text("iteration,loss-average\n")
+    (tmp_path / "run" / "resume").mkdir(parents=True)
+    (tmp_path / "run" / ".eirtrain-run").write_text("{}\n")
+    (tmp_path / "run" / "resume" / "state.safetensors").write_bytes(b"state")
     assert eirtrain(args) == 2
     err = capsys.readouterr().err
     assert "--resume" in err and "--overwrite" in err
-    assert (tmp_path / "run" / "train_average_history.log").exists()
+    assert (tmp_path / "run" / "resume" / "state.safetensors").read_bytes() == b"state"
     # Unknown latent layer names list the nearest module names.
     assert (
         eirtrain(
@@ -167,3 +168,21 @@ def test_cli_errors_exit_2_without_traceback(
         == 2
     )
     assert "fusion_modules.computed.fusion_modules.fusion.1.0" in capsys.readouterr().err
+
+
+def test_configs_are_frozen_and_variants_are_copies(tmp_path: Path, digits_dir: Path) -> None:
+    from pydantic import ValidationError
+
+    from tests.helpers import tutorial_configs, with_values
+
+    args = tutorial_configs(tmp_path, digits_dir, tmp_path / "run", conditional=False)
+    cfg = build_experiment_config([Path(args[1])], [Path(args[3])], [Path(args[5])])
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.global_config.basic_experiment.n_epochs = 9  # type: ignore[misc]
+    variant = with_values(
+        cfg, **{"global_config.basic_experiment.n_epochs": 9, "input_configs.0.input_info.input_source": "x"}
+    )
+    assert (
+        variant.global_config.basic_experiment.n_epochs == 9 and variant.input_configs[0].input_info.input_source == "x"
+    )
+    assert cfg.global_config.basic_experiment.n_epochs == 2 and cfg.input_configs[0].input_info.input_source != "x"

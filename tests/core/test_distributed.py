@@ -25,7 +25,7 @@ from eir_core.bundle import load_bundle
 from eir_core.cli.train import main as eirtrain
 from eir_core.predict import Predictor
 from eir_core.train.checkpoint import read_resume_info
-from tests.helpers import tutorial_configs, write_yaml
+from tests.helpers import tutorial_configs, with_values, write_yaml
 
 RTOL = 1e-4
 pytestmark = pytest.mark.timeout(300)
@@ -332,8 +332,10 @@ def test_a_restart_resumes_only_a_state_written_by_the_same_job(tmp_path: Path, 
     from eir_core.train.trainer import Trainer, TrainOptions
 
     args = tutorial_configs(tmp_path, digits_dir, tmp_path / "run", conditional=False)
-    cfg = build_experiment_config([Path(args[1])], [Path(args[3])], [Path(args[5])])
-    cfg.global_config.basic_experiment.n_epochs = 1
+    cfg = with_values(
+        build_experiment_config([Path(args[1])], [Path(args[3])], [Path(args[5])]),
+        **{"global_config.basic_experiment.n_epochs": 1},
+    )
     first = Trainer(cfg, TrainOptions(no_pbar=True), Dist(job_id="job-a"))
     first.setup()
     assert first.train() == 0
@@ -347,7 +349,7 @@ def test_a_restart_resumes_only_a_state_written_by_the_same_job(tmp_path: Path, 
 
     # A job that failed before saving anything: its restart starts over in its own folder,
     # while another job's restart still may not touch it.
-    cfg.global_config.basic_experiment.output_folder = str(tmp_path / "run2")
+    cfg = with_values(cfg, **{"global_config.basic_experiment.output_folder": str(tmp_path / "run2")})
     Trainer(cfg, TrainOptions(no_pbar=True), Dist(job_id="job-c")).setup()
     assert not (tmp_path / "run2" / "resume").exists()
     with pytest.raises(RunFolderError, match="already has a run"):

@@ -10,7 +10,7 @@ from eir_core.bundle import load_bundle
 from eir_core.cli.train import main as eirtrain
 from eir_core.config.load import build_experiment_config
 from eir_core.train.trainer import Trainer, TrainOptions
-from tests.helpers import tutorial_configs
+from tests.helpers import tutorial_configs, with_values
 
 
 def _cfg(tmp: Path, digits: Path, run: Path, conditional: bool = False):
@@ -51,8 +51,9 @@ def test_interrupt_saves_and_resume_finishes(tmp_path: Path, digits_dir: Path) -
 def test_run_is_deterministic_for_a_seed(tmp_path: Path, digits_dir: Path) -> None:
     losses = []
     for k in range(2):
-        cfg = _cfg(tmp_path, digits_dir, tmp_path / f"run{k}")
-        cfg.global_config.basic_experiment.n_epochs = 1
+        cfg = with_values(
+            _cfg(tmp_path, digits_dir, tmp_path / f"run{k}"), **{"global_config.basic_experiment.n_epochs": 1}
+        )
         t = Trainer(cfg, TrainOptions(no_pbar=True, seed=3))
         t.setup()
         t.train()
@@ -80,9 +81,10 @@ def test_final_checkpoint_without_any_interval(tmp_path: Path, digits_dir: Path)
 def test_lazy_reading_matches_memory_dataset(tmp_path: Path, digits_dir: Path) -> None:
     losses = {}
     for memory in (True, False):
-        cfg = _cfg(tmp_path, digits_dir, tmp_path / f"run{memory}")
-        cfg.global_config.basic_experiment.n_epochs = 1
-        cfg.global_config.basic_experiment.memory_dataset = memory
+        cfg = with_values(
+            _cfg(tmp_path, digits_dir, tmp_path / f"run{memory}"),
+            **{"global_config.basic_experiment.n_epochs": 1, "global_config.basic_experiment.memory_dataset": memory},
+        )
         t = Trainer(cfg, TrainOptions(no_pbar=True))
         t.setup()
         col = t.data.outputs["mnist_output"]
@@ -93,15 +95,19 @@ def test_lazy_reading_matches_memory_dataset(tmp_path: Path, digits_dir: Path) -
 
 
 def test_early_stopping_ends_the_run_and_keeps_a_final_checkpoint(tmp_path: Path, digits_dir: Path) -> None:
-    cfg = _cfg(tmp_path, digits_dir, tmp_path / "run")
-    g = cfg.global_config
-    g.basic_experiment.n_epochs = 50
-    g.evaluation_checkpoint.sample_interval = 5
-    g.evaluation_checkpoint.checkpoint_interval = 5
-    g.training_control.early_stopping_patience = 2
-    g.optimization.lr = 1e-9  # nothing improves: stop after 2 rounds without improvement
-    g.lr_schedule.warmup_steps = 0
-    g.lr_schedule.lr_schedule = "same"
+    g = "global_config."
+    cfg = with_values(
+        _cfg(tmp_path, digits_dir, tmp_path / "run"),
+        **{
+            g + "basic_experiment.n_epochs": 50,
+            g + "evaluation_checkpoint.sample_interval": 5,
+            g + "evaluation_checkpoint.checkpoint_interval": 5,
+            g + "training_control.early_stopping_patience": 2,
+            g + "optimization.lr": 1e-9,  # nothing improves: stop after 2 rounds without improvement
+            g + "lr_schedule.warmup_steps": 0,
+            g + "lr_schedule.lr_schedule": "same",
+        },
+    )
     t = Trainer(cfg, TrainOptions(no_pbar=True))
     t.setup()
     assert t.train() == 0
@@ -119,8 +125,9 @@ def test_inputs_and_outputs_sharing_no_id_is_an_error(tmp_path: Path, digits_dir
     other.mkdir(parents=True)
     for p in sorted((digits_dir / "mnist_npy").glob("*.npy"))[:50]:
         shutil.copy(p, other / f"x{p.name}")
-    cfg = _cfg(tmp_path, digits_dir, tmp_path / "run")
-    cfg.input_configs[0].input_info.input_source = str(other)
+    cfg = with_values(
+        _cfg(tmp_path, digits_dir, tmp_path / "run"), **{"input_configs.0.input_info.input_source": str(other)}
+    )
     t = Trainer(cfg, TrainOptions(no_pbar=True))
     with pytest.raises(DataError, match="share no sample ID"):
         t.setup()

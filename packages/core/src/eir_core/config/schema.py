@@ -22,7 +22,7 @@ from pydantic import (
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # ----------------------------------------------------------------------------- globals
@@ -252,7 +252,7 @@ class _InputConfigBase(Strict):
     interpretation_config: dict[str, Any] | None = None
     tensor_broker_config: dict[str, Any] | None = None
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
     @property
     def name(self) -> str:
@@ -329,7 +329,7 @@ class OutputConfig(Strict):
     sampling_config: ArrayOutputSamplingConfig = ArrayOutputSamplingConfig()
     tensor_broker_config: dict[str, Any] | None = None
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
     @property
     def name(self) -> str:
@@ -359,16 +359,17 @@ class FusionConfig(Strict):
     model_config_: ResidualMLPConfig = Field(ResidualMLPConfig(), alias="model_config")
     tensor_broker_config: dict[str, Any] | None = None
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
 # ----------------------------------------------------------------------------- the whole
 
 
 class ExperimentConfig(BaseModel):
-    """Everything one training run is built from, after files and overrides are merged."""
+    """Everything one training run is built from, after files and overrides are merged.
+    Frozen, like every section: build a variant with ``model_copy(update=...)``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     global_config: GlobalConfig
     input_configs: list[InputConfig]
