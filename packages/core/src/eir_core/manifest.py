@@ -82,7 +82,7 @@ class TrainingSummary(_Model):
 
 
 class Manifest(_Model):
-    format: Literal["eir-bundle"] = FORMAT
+    format: Literal["eir-bundle"] = "eir-bundle"
     format_version: int = FORMAT_VERSION
     package_version: str = ""
     run_name: str

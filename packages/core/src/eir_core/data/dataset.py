@@ -135,9 +135,13 @@ class RunData:
             h.update(part)
         return {"n_ids": len(self.ids), "n_train": len(self.train_idx), "sha256": h.hexdigest()[:16]}
 
-    def batch(self, idx: np.ndarray) -> tuple[dict[str, object], dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    def batch(
+        self, idx: np.ndarray
+    ) -> tuple[dict[str, torch.Tensor | dict[str, torch.Tensor]], dict[str, torch.Tensor], dict[str, np.ndarray]]:
         """(model inputs, normalized targets, input presence masks) for run indices ``idx``."""
-        inputs = {name: col.get(idx) for name, col in self.inputs.items()}
+        inputs: dict[str, torch.Tensor | dict[str, torch.Tensor]] = {
+            name: col.get(idx) for name, col in self.inputs.items()
+        }
         targets = {name: col.get(idx) for name, col in self.outputs.items()}
         present = {name: col.present[idx] for name, col in self.inputs.items()}
         return inputs, targets, present
@@ -261,9 +265,9 @@ def build_run_data(cfg: ExperimentConfig, seed: int, fitted: dict[str, object] |
     inputs: dict[str, ArrayColumn | TabularColumn] = {}
     for ic in cfg.input_configs:
         if isinstance(ic, ArrayInputConfig):
-            ti = ic.input_type_info
+            ati = ic.input_type_info
             src = source(ic.input_info.input_source, _where(ic.name))
-            inputs[ic.name] = array_column(ic.name, src, ti.normalization, ti.adaptive_normalization_max_samples)
+            inputs[ic.name] = array_column(ic.name, src, ati.normalization, ati.adaptive_normalization_max_samples)
         else:
             table = tables[ic.name]
             rows = _rows_for(ids, {sid: i for i, sid in enumerate(table.ids)})
@@ -274,9 +278,9 @@ def build_run_data(cfg: ExperimentConfig, seed: int, fitted: dict[str, object] |
             inputs[ic.name] = _tabular_column(ic.name, table, enc, rows)
     outputs = {}
     for oc in cfg.output_configs:
-        ti = oc.output_type_info
+        oti = oc.output_type_info
         outputs[oc.name] = array_column(
-            oc.name, out_sources[oc.name], ti.normalization, ti.adaptive_normalization_max_samples
+            oc.name, out_sources[oc.name], oti.normalization, oti.adaptive_normalization_max_samples
         )
     return RunData(ids, train_idx, valid_idx, inputs, outputs, stats_cache)
 

@@ -41,7 +41,8 @@ def compute_stats(arrays: np.ndarray, kind: str | None) -> NormStats:
     """Statistics of ``arrays`` shaped (N, C, H, W); NaNs are ignored."""
     c = arrays.shape[1]
     if kind is None:
-        return NormStats.identity(arrays.shape[1:])  # type: ignore[arg-type]
+        c_, h, w = arrays.shape[1:]
+        return NormStats.identity((c_, h, w))
     x = arrays
     if kind == "channel":
         axes: tuple[int, ...] = (0, 2, 3)

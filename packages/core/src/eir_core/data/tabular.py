@@ -114,13 +114,14 @@ def read_table(source: Path, cat_columns: list[str], con_columns: list[str]) -> 
 
 def fit_encoding(table: TabularTable, train_rows: np.ndarray) -> TabularEncoding:
     """Vocabularies and standardization from the training rows of ``table``."""
-    categories = {}
+    categories: dict[str, list[str]] = {}
     for c, values in table.cat.items():
         vocab = {values[i] for i in train_rows} | {NULL}
         categories[c] = sorted(vocab)
-    mean, std = {}, {}
-    for c, values in table.con.items():
-        v = values[train_rows]
+    mean: dict[str, float] = {}
+    std: dict[str, float] = {}
+    for c, con_values in table.con.items():
+        v = con_values[train_rows]
         m = float(np.nanmean(v)) if np.isfinite(v).any() else 0.0
         s = float(np.nanstd(v)) if np.isfinite(v).any() else 1.0
         mean[c], std[c] = m, (s if s > 0 else 1.0)
@@ -135,4 +136,4 @@ def fit_encoding(table: TabularTable, train_rows: np.ndarray) -> TabularEncoding
 
 def embedding_dim(n_categories: int) -> int:
     """EIR's rule of thumb for the width of a categorical embedding."""
-    return min(600, round(1.6 * n_categories**0.56))
+    return min(600, int(round(1.6 * n_categories**0.56)))

@@ -96,10 +96,10 @@ class Dist:
             # (--max-restarts); without a prefix per attempt, a restarted worker can read the
             # previous attempt's addresses and fail to connect. Workers of one attempt share
             # its restart count.
-            base = dist.TCPStore(
+            base = dist.TCPStore(  # type: ignore[attr-defined]  # public in torch.distributed, not re-exported in its stubs
                 os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), self.world_size, False, timeout=timeout
             )
-            store = dist.PrefixStore(f"/eir/attempt_{self.restart}", base)
+            store = dist.PrefixStore(f"/eir/attempt_{self.restart}", base)  # type: ignore[attr-defined]  # as above
             dist.init_process_group(
                 backend=self.backend, store=store, rank=self.rank, world_size=self.world_size, timeout=timeout
             )

@@ -80,7 +80,7 @@ class SampleWriter:
             else:
                 if not isinstance(value, dict):
                     raise ConfigError(f'{where}.{name}: give a mapping of column: value, e.g. {{CLASS: "0"}}')
-                row = {}
+                row: dict[str, str | float] = {}
                 enc = col.encoding
                 for c, v in value.items():
                     if c in enc.cat_columns:
@@ -117,12 +117,12 @@ class SampleWriter:
                 for i, idx in enumerate(self.auto_idx):
                     if not col.present[idx]:
                         continue
-                    row: dict[str, Any] = {
+                    auto_row: dict[str, Any] = {
                         c: enc.categories[c][int(col.cat[idx, j])] for j, c in enumerate(enc.cat_columns)
                     }
                     for j, c in enumerate(enc.con_columns):
-                        row[c] = float(col.con[idx, j]) * enc.con_std[c] + enc.con_mean[c]
-                    items[i][name] = {k: v for k, v in row.items() if v != NULL}
+                        auto_row[c] = float(col.con[idx, j]) * enc.con_std[c] + enc.con_mean[c]
+                    items[i][name] = {k: v for k, v in auto_row.items() if v != NULL}
         return items
 
     def write(self, iteration: int, predictor: Predictor) -> None:

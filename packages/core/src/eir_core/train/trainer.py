@@ -297,7 +297,7 @@ class Trainer:
         inputs, targets = self.batches.prepare(idx, train=True)
         loss = self.batches.loss(self.train_model(inputs), targets)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch's stubs leave Tensor.backward untyped
         if clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
         self.optimizer.step()
@@ -440,4 +440,5 @@ def _logging_beside(progress: Progress | None) -> AbstractContextManager[object]
         return nullcontext()
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    return logging_redirect_tqdm(loggers=[logging.getLogger()])
+    redirect: AbstractContextManager[object] = logging_redirect_tqdm(loggers=[logging.getLogger()])
+    return redirect
