@@ -136,4 +136,5 @@ def fit_encoding(table: TabularTable, train_rows: np.ndarray) -> TabularEncoding
 
 def embedding_dim(n_categories: int) -> int:
     """EIR's rule of thumb for the width of a categorical embedding."""
-    return min(600, round(1.6 * float(n_categories) ** 0.56))
+    width: float = 1.6 * float(n_categories) ** 0.56
+    return min(600, round(width))
