@@ -345,18 +345,20 @@ def test_a_restart_resumes_only_a_state_written_by_the_same_job(tmp_path: Path, 
         Trainer(cfg, TrainOptions(no_pbar=True), Dist(job_id="job-a", restart=0)).setup()
     again = Trainer(cfg, TrainOptions(no_pbar=True, overwrite=True), Dist(job_id="job-a", restart=1))
     again.setup()  # a restart of job-a continues (and --overwrite does not wipe its progress)
-    assert again.opts.resume and again.iteration == first.iteration == 24
+    assert again.opts.resume and again.state.iteration == first.state.iteration == 24
 
     # A job that failed before saving anything: its restart starts over in its own folder,
     # while another job's restart still may not touch it.
     cfg = with_values(cfg, **{"global_config.basic_experiment.output_folder": str(tmp_path / "run2")})
-    Trainer(cfg, TrainOptions(no_pbar=True), Dist(job_id="job-c")).setup()
+    running = Trainer(cfg, TrainOptions(no_pbar=True), Dist(job_id="job-c"))
+    running.setup()
     assert not (tmp_path / "run2" / "resume").exists()
-    with pytest.raises(RunFolderError, match="already has a run"):
+    with pytest.raises(RunFolderError, match="another eirtrain is training in this folder"):
         Trainer(cfg, TrainOptions(no_pbar=True), Dist(job_id="job-d", restart=1)).setup()
+    running.run.release()  # job-c's process died
     fresh = Trainer(cfg, TrainOptions(no_pbar=True), Dist(job_id="job-c", restart=1))
     fresh.setup()
-    assert not fresh.opts.resume and fresh.iteration == 0
+    assert not fresh.opts.resume and fresh.state.iteration == 0
 
 
 def test_bad_launcher_environment_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

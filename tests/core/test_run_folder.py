@@ -144,3 +144,31 @@ def test_training_output_is_honest(tmp_path: Path, digits_dir: Path, capsys: pyt
     bundle = load_bundle(final)
     assert f"in {bundle.manifest.training.elapsed_s:.1f}s" in done
     assert os.path.getsize(out / "logging_history.log") > 0
+
+
+def test_a_second_eirtrain_on_a_folder_in_use_is_refused(
+    tmp_path: Path, digits_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    args = _args(tmp_path, digits_dir, out)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "eir_core.cli.train", *args, "--globals.basic_experiment.n_epochs=50"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert first.stderr is not None
+        assert any("first training step done" in line for line in first.stderr)
+        for flags in ([], ["--overwrite"]):
+            assert eirtrain([*args, *flags]) == 2
+            assert "another eirtrain is training in this folder" in _one_error_line(capsys)
+        assert (out / "configs").is_dir() and (out / MARKER).is_file()
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=120)
+    assert first.returncode == 128 + signal.SIGTERM
+    assert list((out / "saved_models").glob("*.safetensors"))  # the first run saved as asked, untouched

@@ -28,22 +28,22 @@ def test_interrupt_saves_and_resume_finishes(tmp_path: Path, digits_dir: Path) -
     real_step = t._step
 
     def step(idx: np.ndarray) -> float:
-        if t.iteration == 13:
-            t.stop_signal = signal.SIGTERM  # as the handler would on SIGTERM
+        if t.state.iteration == 13:
+            t.stop.signal = signal.SIGTERM  # as the handler would on SIGTERM
         return real_step(idx)
 
     t._step = step  # type: ignore[method-assign]
     assert t.train() == 128 + signal.SIGTERM
-    assert t.iteration == 14
+    assert t.state.iteration == 14
     ckpts = list((run / "saved_models").glob("*_checkpoint_14_*.safetensors"))
     assert ckpts and load_bundle(ckpts[0]).manifest.training.iteration == 14
 
     t2 = Trainer(cfg, TrainOptions(resume=True, no_pbar=True))
     t2.setup()
-    assert t2.iteration == 14
+    assert t2.state.iteration == 14
     assert t2.train() == 0
-    assert t2.iteration == t2.total_iters == 2 * (1597 // 64)
-    assert [v[0] for v in t2.valid_history] == [14, 20, 40, 48]
+    assert t2.state.iteration == t2.total_iters == 2 * (1597 // 64)
+    assert [v[0] for v in t2.state.valid_history] == [14, 20, 40, 48]
     final = sorted((run / "saved_models").glob("*.safetensors"))
     assert any("_checkpoint_48_" in p.name for p in final)
 
@@ -57,7 +57,7 @@ def test_run_is_deterministic_for_a_seed(tmp_path: Path, digits_dir: Path) -> No
         t = Trainer(cfg, TrainOptions(no_pbar=True, seed=3))
         t.setup()
         t.train()
-        losses.append([round(x[1], 6) for x in t.train_history])
+        losses.append([round(x[1], 6) for x in t.histories.train])
     assert losses[0] == losses[1]
 
 
@@ -90,7 +90,7 @@ def test_lazy_reading_matches_memory_dataset(tmp_path: Path, digits_dir: Path) -
         col = t.data.outputs["mnist_output"]
         assert (col.preloaded is not None) == memory
         t.train()
-        losses[memory] = [round(x[1], 5) for x in t.train_history]
+        losses[memory] = [round(x[1], 5) for x in t.histories.train]
     assert losses[True] == losses[False]
 
 
@@ -111,9 +111,9 @@ def test_early_stopping_ends_the_run_and_keeps_a_final_checkpoint(tmp_path: Path
     t = Trainer(cfg, TrainOptions(no_pbar=True))
     t.setup()
     assert t.train() == 0
-    assert t.iteration < t.total_iters
+    assert t.state.iteration < t.total_iters
     names = [p.name for p in (tmp_path / "run" / "saved_models").glob("*.safetensors")]
-    assert any(f"_checkpoint_{t.iteration}_" in n for n in names)
+    assert any(f"_checkpoint_{t.state.iteration}_" in n for n in names)
 
 
 def test_inputs_and_outputs_sharing_no_id_is_an_error(tmp_path: Path, digits_dir: Path) -> None:

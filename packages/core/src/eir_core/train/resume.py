@@ -31,6 +31,17 @@ class TrainState:
     rounds_without_improvement: int = 0
     valid_history: list[tuple[int, float, float]] = field(default_factory=list)
 
+    def no_improvement_for(self, perf: float, patience: int, buffer: int | None) -> bool:
+        """Record a validation's perf-average; True when early stopping should end the run
+        (``patience`` validations without a better one, none before iteration ``buffer``)."""
+        if self.best_perf is None or perf > self.best_perf:
+            self.best_perf, self.rounds_without_improvement = perf, 0
+            return False
+        self.rounds_without_improvement += 1
+        if patience == 0 or (buffer is not None and self.iteration < buffer):
+            return False
+        return self.rounds_without_improvement >= patience
+
 
 def rng_state(rng: np.random.Generator) -> dict[str, Any]:
     """This process's random streams (numpy's and torch's CPU generator), as JSON."""

@@ -11,14 +11,16 @@ saved anything does not block the same command.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import IO
 
 from eir_core import __version__
 from eir_core.errors import RunFolderError
@@ -79,7 +81,11 @@ def _refuse_to_clear(d: Path) -> str | None:
 
 @dataclass
 class RunFolder:
+    """A run holds an exclusive lock on its marker file while it trains, so that a second
+    eirtrain on the same folder is refused instead of clearing it under the first."""
+
     path: Path
+    _lock: IO[bytes] | None = field(default=None, repr=False)
 
     @property
     def resume_state(self) -> Path:
@@ -109,6 +115,11 @@ class RunFolder:
             if resume:
                 raise RunFolderError(f"{d}: nothing to resume (no run there yet); drop --resume")
             return Plan.FRESH
+        if self._locked_elsewhere():
+            raise RunFolderError(
+                f"{d}: another eirtrain is training in this folder right now; wait for it to finish "
+                "or choose another basic_experiment.output_folder"
+            )
         if not self.is_run():
             raise RunFolderError(
                 f"{d}: basic_experiment.output_folder holds files that eirtrain did not write "
@@ -131,6 +142,24 @@ class RunFolder:
             f"{d}: the run folder already has a run in it. Pass --resume to continue it, "
             "--overwrite to delete it and start over, or choose another basic_experiment.output_folder"
         )
+
+    def _locked_elsewhere(self) -> bool:
+        marker = self.path / MARKER
+        if not marker.is_file():
+            return False
+        with marker.open("rb") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+    def release(self) -> None:
+        """Let another run use the folder (also happens when this process ends)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def _restarted(self, job_id: str, restart: int) -> Plan | None:
         """If this torchrun job wrote the resume state, continue from it; if the folder is this
@@ -155,6 +184,12 @@ class RunFolder:
         if plan is not Plan.RESUME or not (d / MARKER).is_file():
             record = {"eir_core_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             (d / MARKER).write_text(json.dumps(record) + "\n")
+        self._lock = (d / MARKER).open("rb")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            raise RunFolderError(f"{d}: another eirtrain started in this folder at the same moment") from None
         if plan is Plan.RESUME:  # temporary files of writes a crash interrupted: never complete, drop them
             for stale in [*d.glob("saved_models/.*.tmp"), *d.glob("resume/.*.tmp")]:
                 stale.unlink(missing_ok=True)

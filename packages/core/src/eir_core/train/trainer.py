@@ -31,11 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from eir_core.bundle import Bundle, save_bundle
 from eir_core.config.schema import ExperimentConfig
-from eir_core.data.dataset import ArrayColumn, RunData
+from eir_core.data.dataset import RunData
 from eir_core.errors import ConfigError, RunFolderError
-from eir_core.manifest import Manifest, TrainingSummary, checkpoint_name
+from eir_core.manifest import Manifest
 from eir_core.model.meta import MetaModel
 from eir_core.predict import Predictor
 from eir_core.train import resume
@@ -48,8 +47,9 @@ from eir_core.train.progress import Progress
 from eir_core.train.render import Renderer
 from eir_core.train.run_folder import Plan, RunFolder
 from eir_core.train.sampling import SampleWriter
+from eir_core.train.saving import Saver
 from eir_core.train.signals import StopRequest, process_age_s, run_seed
-from eir_core.train.spec import build_manifest, build_model_spec, write_run_description
+from eir_core.train.spec import build_model_spec, write_run_description
 from eir_core.train.steps import BatchMaker, validate
 
 __all__ = ["TrainOptions", "Trainer", "run_seed"]
@@ -78,27 +78,6 @@ class Trainer:
         self.histories = Histories()
         self.t_start = time.perf_counter()
         self.train_elapsed_s = 0.0
-
-    # Read by tests and callers; the numbers live in ``state`` and ``histories``.
-    @property
-    def iteration(self) -> int:
-        return self.state.iteration
-
-    @property
-    def valid_history(self) -> list[tuple[int, float, float]]:
-        return self.state.valid_history
-
-    @property
-    def train_history(self) -> list[tuple[int, float]]:
-        return self.histories.train
-
-    @property
-    def stop_signal(self) -> int | None:
-        return self.stop.signal
-
-    @stop_signal.setter
-    def stop_signal(self, value: int | None) -> None:
-        self.stop.signal = value
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -140,7 +119,8 @@ class Trainer:
         self.samples = SampleWriter(
             self.data, cfg.output_configs, ec.saved_result_detail_level, self.opts.seed, self.run_dir, self.renderer
         )
-        self.keeper = CheckpointKeeper(self.run.saved_models, self.run_name, ec.n_saved_models)
+        keeper = CheckpointKeeper(self.run.saved_models, self.run_name, ec.n_saved_models)
+        self.saver = Saver(cfg, self.data, self.spec, self.run, keeper, dist, self.opts.seed, self.batch_size)
         dropout = {ic.name: ic.input_type_info.modality_dropout_rate for ic in cfg.input_configs}
         self.batches = BatchMaker(self.data, self.device, dropout, rng)
         self.histories = Histories(outputs={o: [] for o in self.data.outputs})
@@ -196,7 +176,7 @@ class Trainer:
         )
         self._weights_at = self.state.iteration
         if self.dist.is_main:
-            self.keeper.scan()
+            self.saver.keeper.scan()
         if self.state.iteration >= self.total_iters and not self.dist.restart:
             raise RunFolderError(
                 f"{self.run_dir}: this run already finished (iteration {self.state.iteration} of "
@@ -305,16 +285,8 @@ class Trainer:
         return float(loss.detach())
 
     def _early_stop(self, perf: float) -> bool:
-        tc, st = self.cfg.global_config.training_control, self.state
-        if st.best_perf is None or perf > st.best_perf:
-            st.best_perf, st.rounds_without_improvement = perf, 0
-            return False
-        st.rounds_without_improvement += 1
-        if tc.early_stopping_patience == 0:
-            return False
-        if tc.early_stopping_buffer is not None and st.iteration < tc.early_stopping_buffer:
-            return False
-        return st.rounds_without_improvement >= tc.early_stopping_patience
+        tc = self.cfg.global_config.training_control
+        return self.state.no_improvement_for(perf, tc.early_stopping_patience, tc.early_stopping_buffer)
 
     # ------------------------------------------------------------------ evaluate
     def evaluate(self, checkpoint: bool, final: bool, validated: bool = False) -> float:
@@ -347,61 +319,27 @@ class Trainer:
             self.artifacts.plot_latents(self.data, it, layer, ids)
         self.latents.last.clear()
         if self.samples.enabled:
-            bundle = self._bundle(self.manifest(float("nan"), float("nan")))
+            bundle = self.saver.bundle(self.model, self.manifest(float("nan"), float("nan")))
             self.samples.write(it, Predictor(bundle, device=self.device))
         self.artifacts.write_histories(self.histories)
 
     # ------------------------------------------------------------------ save_checkpoint
     def manifest(self, perf: float, valid_loss: float) -> Manifest:
-        w = self.dist.world_size
-        summary = TrainingSummary(
-            iteration=self.state.iteration,
-            perf_average=perf,
-            validation_loss=valid_loss,
-            elapsed_s=round(time.perf_counter() - self.t_start, 2),
-            world_size=w,
-            batch_size=self.batch_size,
-            batch_size_per_process=self.batch_size // w,
-            seed=self.opts.seed,
-        )
-        return build_manifest(self.cfg, self.data, self.spec, self.run_name, summary)
-
-    def _bundle(self, manifest: Manifest) -> Bundle:
-        in_stats = {n: c.stats for n, c in self.data.inputs.items() if isinstance(c, ArrayColumn)}
-        out_stats = {n: c.stats for n, c in self.data.outputs.items()}
-        return Bundle(manifest, self.model.state_dict(), in_stats, out_stats)
+        elapsed = time.perf_counter() - self.t_start
+        return self.saver.manifest(self.state.iteration, perf, valid_loss, elapsed)
 
     def save_checkpoint(self, perf: float, loss: float, final: bool, rng_by_rank: list[object] | None) -> None:
         """The bundle (when it is among the best, and always at the end), then the resume state."""
-        it = self.state.iteration
-        if final or self.keeper.is_better(perf):
-            path = self.run.saved_models / checkpoint_name(self.run_name, it, perf)
-            manifest = self.manifest(perf, loss)
-            b = self._bundle(manifest)
-            save_bundle(path, b.manifest, b.state_dict, b.input_stats, b.output_stats)
-            if final:
-                self.train_elapsed_s = manifest.training.elapsed_s
-            self.keeper.add(path, it, perf, protect=final)
-            log.info("checkpoint: %s", path.name)
-        self._save_resume(it, rng_by_rank)
+        manifest = self.manifest(perf, loss)
+        self.saver.checkpoint(self.model, manifest, final)
+        if final:
+            self.train_elapsed_s = manifest.training.elapsed_s
+        self._save_resume(self.state.iteration, rng_by_rank)
 
     def _save_resume(self, iteration: int, rng_by_rank: list[object] | None) -> None:
-        state = resume.TrainState(
-            iteration,
-            self.state.best_perf,
-            self.state.rounds_without_improvement,
-            self.state.valid_history,
-        )
-        resume.save(
-            self.run.resume_state,
-            self.model,
-            self.optimizer,
-            state,
-            self.schedule,
-            self.batches.rng,
-            self.dist,
-            rng_by_rank,
-        )
+        st = self.state
+        state = resume.TrainState(iteration, st.best_perf, st.rounds_without_improvement, st.valid_history)
+        self.saver.resume_state(self.model, self.optimizer, state, self.schedule, self.batches.rng, rng_by_rank)
 
     def _save_after_peer_failure(self) -> None:
         """Another rank died: the weights here are whole (every rank held the same ones), so keep
@@ -432,6 +370,7 @@ class Trainer:
         if self.dist.is_main and self.renderer.proc is not None:
             log.info("plots done in %.1fs", time.perf_counter() - t0)
         self.dist.barrier()  # rank 0's last checkpoint is on disk before any rank reports done
+        self.run.release()
 
 
 def _logging_beside(progress: Progress | None) -> AbstractContextManager[object]:
