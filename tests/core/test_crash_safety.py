@@ -143,5 +143,6 @@ def test_sigkill_mid_write_and_mid_run_then_resume_equals_a_clean_run(tmp_path: 
     # Same data order, restored optimizer, schedule and random streams: the interrupted run's
     # validations at the iterations it reached after its last resume are the clean run's.
     got, want = _validation_log(run), _validation_log(clean)
+    assert len(want) == 1 + 144 // 4 and want[-1].startswith("144,")
     assert got[-1] == want[-1]
     assert got[-5:] == want[-5:]

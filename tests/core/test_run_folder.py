@@ -144,6 +144,10 @@ def test_training_output_is_honest(tmp_path: Path, digits_dir: Path, capsys: pyt
     bundle = load_bundle(final)
     assert f"in {bundle.manifest.training.elapsed_s:.1f}s" in done
     assert os.path.getsize(out / "logging_history.log") > 0
+    rows = (out / "validation_average_history.log").read_text().splitlines()
+    assert rows[0] == "iteration,loss-average,perf-average" and [r.split(",")[0] for r in rows[1:]] == [
+        str(i) for i in range(4, 25, 4)
+    ]
 
 
 def test_a_second_eirtrain_on_a_folder_in_use_is_refused(

@@ -31,8 +31,8 @@ from eir_core.config.schema import (
     GlobalConfig,
     InputConfig,
     OutputConfig,
-    unsupported_options,
 )
+from eir_core.config.unsupported import unsupported_options
 from eir_core.errors import ConfigError
 
 _INPUT_ADAPTER: TypeAdapter[Any] = TypeAdapter(InputConfig)

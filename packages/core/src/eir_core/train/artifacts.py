@@ -19,7 +19,9 @@ TRAIN_CURVE_EVERY = 5  # every 5th training loss is plenty for a curve and keeps
 @dataclass
 class Histories:
     train: list[tuple[int, float]] = field(default_factory=list)  # (iteration, loss)
-    valid: list[tuple[int, float, float]] = field(default_factory=list)  # (iteration, loss, perf-average)
+    # (iteration, loss, perf-average): the same list as the resume state's, so a resumed run's
+    # file keeps the validations before the interruption
+    valid: list[tuple[int, float, float]] = field(default_factory=list)
     outputs: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # output -> (iteration, MSE)
 
 

@@ -321,6 +321,7 @@ class Trainer:
         if self.samples.enabled:
             bundle = self.saver.bundle(self.model, self.manifest(float("nan"), float("nan")))
             self.samples.write(it, Predictor(bundle, device=self.device))
+        self.histories.valid = self.state.valid_history  # the resume state's list: a resumed run keeps its past
         self.artifacts.write_histories(self.histories)
 
     # ------------------------------------------------------------------ save_checkpoint
