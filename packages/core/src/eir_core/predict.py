@@ -41,7 +41,7 @@ class Predictor:
     def __init__(self, bundle: Bundle, device: str | torch.device = "auto", source: str = "bundle") -> None:
         self.manifest = bundle.manifest
         try:
-            self.spec = ModelSpec.model_validate(bundle.manifest["model_spec"])
+            self.spec = ModelSpec.from_manifest(bundle.manifest["model_spec"])
         except (KeyError, ValidationError) as e:
             raise BundleError(f"{source}: the manifest's model spec is invalid ({e})".replace("\n", " ")) from None
         model = MetaModel(self.spec)

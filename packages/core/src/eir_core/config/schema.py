@@ -157,7 +157,7 @@ class GlobalConfig(Strict):
 class LCLModelInitConfig(Strict):
     patch_size: list[int] | None = None
     layers: list[int] | None = None
-    kernel_width: int | Literal["patch"] = 16
+    kernel_width: int | Literal["patch"] = 12
     first_kernel_expansion: int = -2
     channel_exp_base: int = Field(2, ge=0, le=10)
     first_channel_expansion: int = Field(1, ge=1)
