@@ -3,8 +3,9 @@
 #
 #   eir_reference.sh install          venv with Python 3.13 (EIR needs >= 3.13) + eir-dl==0.25.0
 #                                     (~2 min, ~6.5 GB; PyPI's CPU/CUDA torch comes with it)
-#   eir_reference.sh data SIZE [COUNT]
+#   eir_reference.sh data SIZE [COUNT] [flat]
 #                                     our `eir-data digits` in the tutorial layout -> DIR/data/dSIZE_COUNT
+#                                     (flat: 1-D arrays of SIZE*SIZE values); prints the folder
 #   eir_reference.sh configs DATA OUT a|b [CUTOFF]
 #                                     the tutorial YAMLs (examples/tutorial) with DATA as their source
 #                                     written to OUT; a = run 1 (image -> image), b = run 2 (+ label);
@@ -12,7 +13,10 @@
 #   eir_reference.sh train NAME DATA a|b [CUTOFF] [-- eirtrain overrides...]
 #                                     EIR's eirtrain on those configs -> DIR/runs/NAME (log: NAME.log)
 #   eir_reference.sh model NAME       EIR's printed model of a run (model_architecture/model_info.txt)
-#   eir_reference.sh structure NAME   the run's model as JSON (benchmarks/eir_structure.py in EIR's venv)
+#   eir_reference.sh version          the installed eir-dl version
+#   eir_reference.sh structure DATA a|b [CUTOFF] [-- eirtrain overrides...]
+#                                     EIR builds the model for those configs without training and
+#                                     prints its structure as JSON (benchmarks/eir_structure.py)
 #
 # Everything goes under $EIR_REFERENCE_DIR (default ~/.cache/eir-reference). `eir-data` is taken from
 # $EIR_DATA (default: this checkout's .venv/bin/eir-data, else the one on PATH).
@@ -21,7 +25,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 dir=${EIR_REFERENCE_DIR:-$HOME/.cache/eir-reference}
 venv=$dir/venv
-usage() { sed -n 2,19p "$0" >&2; exit 2; }
+usage() { sed -n 2,23p "$0" >&2; exit 2; }
 
 eir_data() {
   if [ -n "${EIR_DATA:-}" ]; then echo "$EIR_DATA"
@@ -69,11 +73,12 @@ install)
   "$venv/bin/python" -c 'import importlib.metadata as m; print("EIR", m.version("eir-dl"), "installed in '"$venv"'")' ;;
 data)
   [ $# -ge 2 ] || usage
-  size=$2 count=${3:-}
-  out=$dir/data/d${size}${count:+_$count}
+  size=$2 count=${3:-} flat=${4:-}
+  [ -z "$flat" ] || [ "$flat" = flat ] || usage
+  out=$dir/data/d${size}${count:+_$count}${flat:+_flat}
   if [ -d "$out/mnist_npy" ]; then echo "$out"; exit 0; fi
   rm -rf "$out.tmp"
-  "$(eir_data)" digits --size "$size" ${count:+--count "$count"} --output-folder "$out.tmp" >&2
+  "$(eir_data)" digits --size "$size" ${count:+--count "$count"} ${flat:+--flat} --output-folder "$out.tmp" >&2
   mv "$out.tmp" "$out" && echo "$out" ;;
 configs)
   [ $# -ge 4 ] || usage
@@ -94,12 +99,25 @@ train)
     --globals.basic_experiment.output_folder="$dir/runs/$name" "$@" > "$dir/runs/$name.log" 2>&1 \
     || { tail -20 "$dir/runs/$name.log" >&2; exit 1; }
   echo "$dir/runs/$name" ;;
+version)
+  need_venv
+  "$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("eir-dl"))' ;;
 model)
   [ $# -ge 2 ] || usage
   cat "$dir/runs/$2/model_architecture/model_info.txt" ;;
 structure)
-  [ $# -ge 2 ] || usage
+  [ $# -ge 3 ] || usage
   need_venv
-  "$venv/bin/python" "$here/eir_structure.py" "$dir/runs/$2" ;;
+  data=$(cd "$2" && pwd) kind=$3; shift 3
+  cutoff=""
+  if [ $# -gt 0 ] && [ "$1" != "--" ]; then cutoff=$1; shift; fi
+  [ "${1:-}" = "--" ] && shift
+  tmp=$(mktemp -d "${TMPDIR:-/tmp}/eir-structure.XXXXXX")
+  trap 'rm -rf "$tmp"' EXIT
+  write_configs "$data" "$tmp/conf" "$kind" "$cutoff"
+  # shellcheck disable=SC2046
+  "$venv/bin/python" "$here/eir_structure.py" --global_configs "$tmp/conf/globals.yaml" $(cat "$tmp/conf/args") \
+    --globals.basic_experiment.output_folder="$tmp/run" "$@" 2> "$tmp/log" || { tail -20 "$tmp/log" >&2; exit 1; }
+  ;;
 *) usage ;;
 esac

@@ -19,14 +19,14 @@ class LayerScale(nn.Module):
     def __init__(self, dim: int, init_value: float) -> None:
         super().__init__()
         self.dim = dim
-        self.init_value = init_value
+        self.init_values = init_value
         self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, init={self.init_value}"
+        return f"dim={self.dim}, init={self.init_values}"
 
 
 class StochasticDepth(nn.Module):

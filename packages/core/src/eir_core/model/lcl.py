@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from eir_core.config.schema import LCLModelInitConfig
+from eir_core.errors import ConfigError
 from eir_core.model.layers import LCL, LCLAttentionBlock, LCLResidualBlock
 
 # EIR's sets double every two blocks, so a trunk that needs this many blocks cannot be allocated:
@@ -52,7 +53,7 @@ def _expand(base: int, expansion: int) -> int:
 def kernel_width(cfg: LCLModelInitConfig) -> int:
     if cfg.kernel_width == "patch":
         if cfg.patch_size is None:
-            raise ValueError("model_init_config.kernel_width is 'patch' but no patch_size is set")
+            raise ConfigError("model_init_config.kernel_width is 'patch' but no patch_size is set: set patch_size")
         return math.prod(cfg.patch_size)
     return int(cfg.kernel_width)
 
@@ -152,7 +153,9 @@ class LCLModel(nn.Module):
                 blocks.append(LCLAttentionBlock(p.in_features, p.sets))
             else:
                 sd = 0.0 if p.first else cfg.stochastic_depth_p
-                blocks.append(LCLResidualBlock(p.in_features, p.sets, p.kernel, cfg.rb_do, sd, full_preactivation=p.first))
+                blocks.append(
+                    LCLResidualBlock(p.in_features, p.sets, p.kernel, cfg.rb_do, sd, full_preactivation=p.first)
+                )
         self.lcl_blocks = nn.Sequential(*blocks)
         self.out_features: int = blocks[-1].out_features  # type: ignore[assignment]
 
@@ -178,9 +181,13 @@ class ArrayInputExtractor(nn.Module):
         self.patch: tuple[int, int, int] | None = None
         if cfg.patch_size is not None:
             if len(cfg.patch_size) != 3 or any(p < 1 for p in cfg.patch_size):
-                raise ValueError(f"model_init_config.patch_size must be 3 positive sizes (C, H, W), got {cfg.patch_size}")
+                raise ConfigError(
+                    f"model_init_config.patch_size must be 3 positive sizes (C, H, W), got {cfg.patch_size}"
+                )
             if len(shape) != 3 or any(s % p for s, p in zip(shape, cfg.patch_size, strict=True)):
-                raise ValueError(f"model_init_config.patch_size {cfg.patch_size} does not divide the input shape {shape}")
+                raise ConfigError(
+                    f"model_init_config.patch_size {cfg.patch_size} does not divide the input shape {shape}"
+                )
             self.patch = (cfg.patch_size[0], cfg.patch_size[1], cfg.patch_size[2])
         cutoff = n if cfg.cutoff == "auto" else int(cfg.cutoff)  # EIR allows "auto" for outputs only
         self.feature_extractor = LCLModel(n, cfg, cutoff)

@@ -20,7 +20,7 @@ from eir_core.model import layers, lcl, v1_layers, v1_lcl
 
 # Which set of building rules a spec is built with. 1: eir-lite's own rules (bundles written
 # before the spec recorded this; their manifests have no "architecture" key). 2: EIR 0.25.0's.
-ARCHITECTURE = 2
+ARCHITECTURE: Literal[1, 2] = 2
 
 # A batch: input name -> tensor (array inputs: (B, C, H, W) float, normalized) or, for a
 # tabular input, {"cat": (B, n_cat) int64 codes, "con": (B, n_con) float32 standardized}.
