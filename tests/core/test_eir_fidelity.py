@@ -83,7 +83,9 @@ def test_fixtures_cover_the_tutorial_runs_and_more_sizes() -> None:
         ("b", [8, 8], 128, 339_156),
     ],
 )
-def test_tutorial_configs_have_eirs_parameter_counts(run: str, shape: list[int], cutoff: int | None, params: int) -> None:
+def test_tutorial_configs_have_eirs_parameter_counts(
+    run: str, shape: list[int], cutoff: int | None, params: int
+) -> None:
     model = MetaModel(tutorial_spec(run, shape, cutoff))
     assert sum(p.numel() for p in model.parameters()) == params
 

@@ -89,8 +89,9 @@ class LCL(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_feature_sets, num_chunks, kernel_size))
         self.bias = nn.Parameter(torch.zeros(self.out_features)) if bias else None
         # Narrow layers (few sets x short kernels) are many tiny matrix products: a broadcast
-        # multiply-and-sum beats batched matmul there (3-5x on CPU); wide ones use bmm.
-        self._broadcast = out_feature_sets * kernel_size <= 128
+        # multiply-and-sum beats batched matmul there on CPU; wide ones use bmm. A kernel of 1
+        # (the identity paths) is an elementwise product.
+        self._broadcast = out_feature_sets * kernel_size <= 64
         # EIR's init: kaiming-uniform with a=sqrt(5) over the weight tensor, whose fan-in is
         # chunks x kernel, i.e. U(-1/sqrt(chunks * kernel), +1/sqrt(chunks * kernel)).
         bound = 1.0 / math.sqrt(num_chunks * kernel_size)
@@ -101,7 +102,9 @@ class LCL(nn.Module):
             x = F.pad(x, (0, self.padding))
         b = x.shape[0]
         x = x.reshape(b, self.num_chunks, self.kernel_size)
-        if self._broadcast:
+        if self.kernel_size == 1:
+            out = x.transpose(1, 2) * self.weight[:, :, 0]  # (b, 1, chunks) * (sets, chunks)
+        elif self._broadcast:
             out = (x.unsqueeze(1) * self.weight.unsqueeze(0)).sum(-1)  # (b, sets, chunks)
         else:  # (chunks, b, k) @ (chunks, k, sets) -> (chunks, b, sets)
             out = torch.bmm(x.transpose(0, 1), self.weight.permute(1, 2, 0)).permute(1, 2, 0)
