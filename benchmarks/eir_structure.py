@@ -41,7 +41,7 @@ def _layer(module: nn.Module) -> dict[str, Any] | None:
         return {"kind": "StochasticDepth", "p": float(module.p)}  # type: ignore[arg-type]
     if kind == "LayerScale":
         (param,) = module.parameters(recurse=False)
-        return {"kind": "LayerScale", "dim": param.numel(), "init": float(module.init_values)}
+        return {"kind": "LayerScale", "dim": param.numel(), "init": float(module.__dict__["init_values"])}
     if kind == "PositionalEmbedding":
         (param,) = module.parameters(recurse=False)
         return {"kind": "PositionalEmbedding", "shape": list(param.shape)}

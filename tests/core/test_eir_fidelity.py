@@ -173,3 +173,15 @@ def test_old_bundles_build_the_old_network_and_predict(tiny_bundle: Path, tmp_pa
         MetaModel(ModelSpec.model_validate({**manifest["model_spec"], "architecture": 2})).load_state_dict(
             old_model.state_dict()
         )
+
+
+def test_resume_state_of_the_old_network_is_refused_clearly(tmp_path: Path) -> None:
+    from eir_core.errors import RunFolderError
+    from eir_core.train.checkpoint import load_resume_state, save_resume_state
+
+    spec = tutorial_spec("a", [8, 8], None)
+    old = MetaModel(ModelSpec.model_validate({**spec.model_dump(), "architecture": 1}))
+    save_resume_state(tmp_path / "state.safetensors", old, torch.optim.SGD(old.parameters(), lr=0.1), {"iteration": 1})
+    new = MetaModel(spec)
+    with pytest.raises(RunFolderError, match="different network.*--overwrite"):
+        load_resume_state((tmp_path / "state.safetensors").read_bytes(), new, torch.optim.SGD(new.parameters(), lr=0.1))
