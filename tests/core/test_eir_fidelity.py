@@ -185,3 +185,16 @@ def test_resume_state_of_the_old_network_is_refused_clearly(tmp_path: Path) -> N
     new = MetaModel(spec)
     with pytest.raises(RunFolderError, match="different network.*--overwrite"):
         load_resume_state((tmp_path / "state.safetensors").read_bytes(), new, torch.optim.SGD(new.parameters(), lr=0.1))
+
+
+def test_eir_data_writes_other_sizes_and_flat_arrays(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The other fixture sizes come from `eir-data digits --size N [--flat]`."""
+    import numpy as np
+
+    from eir_core.cli.data import main as eir_data
+
+    assert eir_data(["digits", "--size", "16", "--count", "20", "--flat", "--output-folder", str(tmp_path / "a")]) == 0
+    files = sorted((tmp_path / "a" / "mnist_npy").glob("*.npy"))
+    assert len(files) == 20 and np.load(files[0]).shape == (256,)
+    assert eir_data(["digits", "--size", "3", "--output-folder", str(tmp_path / "b")]) == 2
+    assert "--size must be between 4 and 64" in capsys.readouterr().err
