@@ -21,18 +21,30 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "eir_reference.sh"
 OUT = ROOT / "tests" / "core" / "fixtures" / "eir_models"
 
-# name: (run a|b, side, flat 1-D arrays, output cutoff or None for the tutorial's "auto")
-CASES: dict[str, tuple[str, int, bool, int | None]] = {
-    "run1_28": ("a", 28, False, None),
-    "run2_28": ("b", 28, False, None),
-    "run1_8_cutoff128": ("a", 8, False, 128),
-    "run2_8_cutoff128": ("b", 8, False, 128),
-    "run1_16": ("a", 16, False, None),
-    "run2_16": ("b", 16, False, None),
-    "run1_32": ("a", 32, False, None),
-    "run1_12": ("a", 12, False, None),
-    "run1_flat256": ("a", 16, True, None),
-    "run2_flat784": ("b", 28, True, None),
+# name: (run a|b, side, flat 1-D arrays, output cutoff or None for the tutorial's "auto", config overrides)
+CASES: dict[str, tuple[str, int, bool, int | None, list[str]]] = {
+    "run1_28": ("a", 28, False, None, []),
+    "run2_28": ("b", 28, False, None, []),
+    "run1_8_cutoff128": ("a", 8, False, 128, []),
+    "run2_8_cutoff128": ("b", 8, False, 128, []),
+    "run1_16": ("a", 16, False, None, []),
+    "run2_16": ("b", 16, False, None, []),
+    "run1_32": ("a", 32, False, None, []),
+    "run1_12": ("a", 12, False, None, []),
+    "run1_flat256": ("a", 16, True, None, []),
+    "run2_flat784": ("b", 28, True, None, []),
+    # explicit `layers`, a halved first layer, and an output trunk growing ("up") to a cutoff
+    "run1_16_layers_up": (
+        "a",
+        16,
+        False,
+        2048,
+        [
+            "--input_mnist_array.model_config.model_init_config.layers=[2,1]",
+            "--input_mnist_array.model_config.model_init_config.first_channel_expansion=-2",
+            "--output.model_config.model_init_config.direction=up",
+        ],
+    ),
 }
 COUNT = 1200  # EIR needs more samples than its validation set; the tutorial's 1 000 is cut to 200 here
 OVERRIDES = ["--globals.basic_experiment.valid_size=200", "--globals.basic_experiment.n_epochs=1"]
@@ -46,12 +58,11 @@ def run(cmd: list[str]) -> str:
 
 
 def make(name: str) -> Path:
-    kind, side, flat, cutoff = CASES[name]
+    kind, side, flat, cutoff, overrides = CASES[name]
     data_cmd = ["bash", str(SCRIPT), "data", str(side), str(COUNT), *(["flat"] if flat else [])]
     data = Path(run(data_cmd).strip().splitlines()[-1])
-    struct_cmd = [
-        "bash", str(SCRIPT), "structure", str(data), kind, *([str(cutoff)] if cutoff else []), "--", *OVERRIDES
-    ]  # fmt: skip
+    struct_cmd = ["bash", str(SCRIPT), "structure", str(data), kind, *([str(cutoff)] if cutoff else [])]
+    struct_cmd += ["--", *OVERRIDES, *overrides]
     description = json.loads(run(struct_cmd))
     version = run(["bash", str(SCRIPT), "version"]).strip()
     fixture = {
@@ -65,6 +76,7 @@ def make(name: str) -> Path:
         "run": kind,
         "input_shape": [side * side] if flat else [side, side],
         "output_cutoff": cutoff,
+        "overrides": overrides,
         **description,
     }
     OUT.mkdir(parents=True, exist_ok=True)

@@ -109,7 +109,7 @@ def read_history(path: Path) -> dict[int, float]:
     return {int(r.split(",")[0]): float(r.split(",")[1]) for r in rows if r.strip()}
 
 
-def run_eirtrain(data: Path, run: Path, epochs: int, nproc: int = 1) -> dict[str, Any]:
+def run_eirtrain(data: Path, run: Path, epochs: int, nproc: int = 1, extra: list[str] | None = None) -> dict[str, Any]:
     src = str(data / "mnist_npy")
     launcher = [sys.executable]
     if nproc > 1:
@@ -121,6 +121,7 @@ def run_eirtrain(data: Path, run: Path, epochs: int, nproc: int = 1) -> dict[str
         "--output_configs", str(TUTORIAL / "output.yaml"),
         f"--globals.basic_experiment.output_folder={run}",
         f"--globals.basic_experiment.n_epochs={epochs}",
+        *(extra or []),
         f"--input_mnist_array.input_info.input_source={src}",
         f"--output.output_info.output_source={src}",
         "--no-pbar",
@@ -205,7 +206,7 @@ def _eir_parameters(log: Path) -> int | None:
     return int(found.group(1).replace(",", "")) if found else None
 
 
-def run_eir_reference(data: Path, epochs: int, size: int) -> dict[str, Any] | None:
+def run_eir_reference(data: Path, epochs: int, size: int, extra: list[str]) -> dict[str, Any] | None:
     """The original EIR 0.25.0 via benchmarks/eir_reference.sh, on ``data`` (the same files).
 
     8x8 outputs get ``cutoff: 128`` (EIR's own rule never finishes building that head; ours
@@ -218,7 +219,7 @@ def run_eir_reference(data: Path, epochs: int, size: int) -> dict[str, Any] | No
     name = f"bench-{os.getpid()}"
     cutoff = ["128"] if size * size < 128 else []
     cmd = ["bash", str(script), "train", name, str(data), "a", *cutoff, "--"]
-    cmd.append(f"--globals.basic_experiment.n_epochs={epochs}")
+    cmd += [f"--globals.basic_experiment.n_epochs={epochs}", *extra]
     proc, wall, procs = run_measured(cmd)
     run = home / "runs" / name
     if proc.returncode != 0:
@@ -247,19 +248,37 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--nproc", type=int, default=2, help="processes for the torchrun figure (0: skip it)")
     ap.add_argument("--with-eir", action="store_true")
+    ap.add_argument(
+        "--eval-interval",
+        type=int,
+        default=0,
+        help="validate (and checkpoint/sample) every N iterations in both systems (0: the tutorial's 1000)",
+    )
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(Path(tmp) / "data", a.size, a.count)
-        ours = run_eirtrain(data, Path(tmp) / "run", a.epochs)
+        extra = []
+        if a.eval_interval:
+            extra = [
+                f"--globals.evaluation_checkpoint.{k}={a.eval_interval}"
+                for k in ("checkpoint_interval", "sample_interval")
+            ]
+        ours = run_eirtrain(data, Path(tmp) / "run", a.epochs, extra=extra)
         bare = bare_loop(data, int(ours["iterations"]))
-        ddp = run_eirtrain(data, Path(tmp) / "run_ddp", a.epochs, a.nproc) if a.nproc > 1 else None
-        eir = run_eir_reference(data, a.epochs, a.size) if a.with_eir else None
+        ddp = run_eirtrain(data, Path(tmp) / "run_ddp", a.epochs, a.nproc, extra) if a.nproc > 1 else None
+        eir = run_eir_reference(data, a.epochs, a.size, extra) if a.with_eir else None
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     result: dict[str, Any] = {
         "command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
         "commit": commit.strip(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
-        "workload": {"size": a.size, "count": a.count, "epochs": a.epochs, "batch_size": 64},
+        "workload": {
+            "size": a.size,
+            "count": a.count,
+            "epochs": a.epochs,
+            "batch_size": 64,
+            "eval_interval": a.eval_interval,
+        },
         "eirtrain": ours,
         "bare_loop": bare,
         "ratio_trainer_loop_over_bare_loop": round(ours["loop_s"] / bare["loop_s"], 3),
@@ -289,7 +308,8 @@ def main() -> None:
         "",
         f"Command: `{result['command']}` at commit {result['commit']}.",
         "",
-        f"Workload: tutorial run 1, {a.size}x{a.size}, {a.count} images, {a.epochs} epochs, batch 64.",
+        f"Workload: tutorial run 1, {a.size}x{a.size}, {a.count} images, {a.epochs} epochs, batch 64"
+        + (f", validation every {a.eval_interval} iterations." if a.eval_interval else "."),
         "",
         "| figure | value |",
         "|---|---|",

@@ -34,7 +34,9 @@ _spec.loader.exec_module(eir_structure)
 LABEL_CARDINALITY = 11
 
 
-def tutorial_spec(run: str, input_shape: list[int], output_cutoff: int | None) -> ModelSpec:
+def tutorial_spec(
+    run: str, input_shape: list[int], output_cutoff: int | None, extra: list[str] | None = None
+) -> ModelSpec:
     """Our ModelSpec of the tutorial YAMLs, as the trainer makes it, for data of ``input_shape``."""
     if run == "a":
         inputs, outputs = [TUTORIAL / "input_mnist_array.yaml"], [TUTORIAL / "output.yaml"]
@@ -43,6 +45,7 @@ def tutorial_spec(run: str, input_shape: list[int], output_cutoff: int | None) -
         outputs = [TUTORIAL / "output_with_label.yaml"]
     stem = outputs[0].stem
     overrides = [f"--{stem}.model_config.model_init_config.cutoff={output_cutoff}"] if output_cutoff else []
+    overrides += extra or []
     cfg = build_experiment_config([TUTORIAL / "globals.yaml"], inputs, outputs, override_tokens=overrides)
     shape = (1, *input_shape) if len(input_shape) == 2 else (1, 1, input_shape[0])
     specs = []
@@ -93,7 +96,7 @@ def test_tutorial_configs_have_eirs_parameter_counts(
 @pytest.mark.parametrize("fixture", FIXTURES, ids=[p.stem for p in FIXTURES])
 def test_structure_matches_eirs_build(fixture: Path) -> None:
     eir = json.loads(fixture.read_text())
-    mine = ours(tutorial_spec(eir["run"], eir["input_shape"], eir["output_cutoff"]))
+    mine = ours(tutorial_spec(eir["run"], eir["input_shape"], eir["output_cutoff"], eir.get("overrides")))
     assert len(mine["layers"]) == len(eir["layers"])
     for a, b in zip(mine["layers"], eir["layers"], strict=True):
         assert a == b, f"{fixture.stem}: ours {a} != EIR's {b}"

@@ -142,6 +142,11 @@ class LCLModel(nn.Module):
         super().__init__()
         kernel = _expand(kernel_width(cfg), cfg.first_kernel_expansion)
         sets = _expand(2**cfg.channel_exp_base, cfg.first_channel_expansion)
+        if sets < 1:
+            raise ConfigError(
+                f"model_init_config: first_channel_expansion={cfg.first_channel_expansion} with channel_exp_base="
+                f"{cfg.channel_exp_base} leaves fc_0 no weight sets; use a smaller reduction"
+            )
         if kernel > 0:
             self.fc_0 = LCL(in_features, sets, kernel_size=kernel)
         else:
