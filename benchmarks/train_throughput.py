@@ -225,16 +225,23 @@ def run_eir_reference(data: Path, epochs: int, size: int, extra: list[str]) -> d
     if proc.returncode != 0:
         print("EIR run failed:", proc.stdout[-500:], proc.stderr[-1500:])
         return None
-    train = read_history(run / "train_average_history.log")
     valid = read_history(run / "validation_average_history.log")
-    iterations = max(train)
+    # EIR's progress bar ("Epoch [e/E]: [i/N]") counts the iterations; its training history log
+    # is only written up to the last evaluation.
+    log = (home / "runs" / f"{name}.log").read_text()
+    progress = re.findall(r"Epoch \[(\d+)/\d+\]: \[(\d+)/(\d+)\]", log)
+    if not progress:
+        print("EIR's log has no progress lines; cannot count its iterations")
+        return None
+    epoch, step, per_epoch = (int(v) for v in progress[-1])
+    iterations = (epoch - 1) * per_epoch + step
     return {
         "command": " ".join(["benchmarks/eir_reference.sh", *cmd[2:4], "DATA", *cmd[5:]]),
         "parameters": _eir_parameters(home / "runs" / f"{name}.log"),
         "run_folder": str(run),
         "wall_s": round(wall, 2),
         "iterations": iterations,
-        "iterations_per_epoch": iterations / epochs,
+        "iterations_per_epoch": per_epoch,
         "samples_per_s_whole_process": round(iterations * 64 / wall, 1),
         "peak_rss_mb": max(p["mb"] for p in procs.values()),
         "validation_mse": valid,
