@@ -2,7 +2,8 @@
 
     python benchmarks/train_throughput.py [--size 28] [--count 10000] [--epochs 10] [--nproc 2] [--with-eir]
 
-1. Writes the built-in digits (28x28 variant, 10 000 images by default) to a temp folder.
+1. Writes the built-in digits (28x28 variant, 10 000 images by default) to a temp folder with
+   `eir-data digits`.
 2. Runs `eirtrain` on the tutorial's run-1 YAMLs (examples/tutorial/) as a subprocess:
    wall time start-to-exit, time to the first training step, the training loop's own time,
    peak RSS, and the final validation MSE.
@@ -10,9 +11,15 @@
    number of iterations over a preloaded normalized tensor, with no validation, no sampling,
    no checkpoints: the floor that the trainer's loop is compared with.
 4. Runs the same configs under torchrun with --nproc processes (gloo, same global batch 64, so
-   32 per process; torchrun gives each process one intra-op thread). 0 skips it.
-5. With --with-eir and the anchor installed (../shared/anchors/eir.sh install), runs the
-   original EIR on the same data and configs for a side-by-side figure.
+   32 per process; torchrun gives each process one intra-op thread). 0 skips it. Peak RSS is
+   reported per process (launcher and each worker).
+5. With --with-eir (after `bash benchmarks/eir_reference.sh install`), runs the original EIR
+   0.25.0 through benchmarks/eir_reference.sh on the very same data files and tutorial YAMLs.
+   Iterations are read from EIR's own history logs; validation MSE is compared at the last
+   iteration both runs evaluated (the tutorial evaluates every 1 000 iterations).
+
+Peak RSS of every process is its kernel-recorded high-water mark (VmHWM), read from /proc
+while it runs (Linux).
 
 Prints a table and writes benchmarks/results/train_throughput.{json,md}.
 """
@@ -24,12 +31,13 @@ import json
 import os
 import platform
 import re
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,14 +48,68 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def make_data(folder: Path, size: int, count: int) -> Path:
-    from eir_core.data.builtin import make_digits, write_tutorial_layout
-
-    images, labels = make_digits(size, count)
-    write_tutorial_layout(folder, images, labels, 20000)
+    cmd = [sys.executable, "-m", "eir_core.cli.data", "digits", "--size", str(size), "--count", str(count)]
+    subprocess.run([*cmd, "--output-folder", str(folder)], check=True, capture_output=True)
     return folder
 
 
-def run_eirtrain(data: Path, run: Path, epochs: int, nproc: int = 1) -> dict[str, float]:
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d.name))
+    return kids
+
+
+def run_measured(
+    cmd: list[str], **kw: Any
+) -> tuple[subprocess.CompletedProcess[str], float, dict[int, dict[str, Any]]]:
+    """Run ``cmd``; wall time and, per process of its tree, the command line and peak RSS (MB)."""
+    seen: dict[int, dict[str, Any]] = {}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    out: list[str] = []
+    err: list[str] = []
+    readers = [
+        threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True),  # type: ignore[union-attr]
+        threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True),  # type: ignore[union-attr]
+    ]
+    for r in readers:
+        r.start()
+    while proc.poll() is None:
+        kids, todo = _children(), [proc.pid]
+        while todo:
+            pid = todo.pop()
+            todo += kids.get(pid, [])
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                hwm = re.search(r"VmHWM:\s+(\d+) kB", status)
+                if pid not in seen:
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                    seen[pid] = {"cmd": " ".join(a.decode(errors="replace") for a in argv[:6]).strip(), "mb": 0.0}
+                if hwm:
+                    seen[pid]["mb"] = max(seen[pid]["mb"], round(int(hwm.group(1)) / 1024, 1))
+            except OSError:
+                continue
+        time.sleep(0.1)
+    wall = time.perf_counter() - t0
+    for r in readers:
+        r.join()
+    done = subprocess.CompletedProcess(cmd, proc.returncode, "".join(out), "".join(err))
+    return done, wall, seen
+
+
+def read_history(path: Path) -> dict[int, float]:
+    """iteration -> first value column of an EIR-style history log (iteration,loss-average,...)."""
+    rows = path.read_text().strip().splitlines()[1:] if path.exists() else []
+    return {int(r.split(",")[0]): float(r.split(",")[1]) for r in rows if r.strip()}
+
+
+def run_eirtrain(data: Path, run: Path, epochs: int, nproc: int = 1, extra: list[str] | None = None) -> dict[str, Any]:
     src = str(data / "mnist_npy")
     launcher = [sys.executable]
     if nproc > 1:
@@ -59,15 +121,12 @@ def run_eirtrain(data: Path, run: Path, epochs: int, nproc: int = 1) -> dict[str
         "--output_configs", str(TUTORIAL / "output.yaml"),
         f"--globals.basic_experiment.output_folder={run}",
         f"--globals.basic_experiment.n_epochs={epochs}",
+        *(extra or []),
         f"--input_mnist_array.input_info.input_source={src}",
         f"--output.output_info.output_source={src}",
         "--no-pbar",
     ]  # fmt: skip
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - t0
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    proc, wall, procs = run_measured(cmd)
     if proc.returncode != 0:
         sys.exit(f"eirtrain failed:\n{proc.stderr[-3000:]}")
     log = proc.stderr
@@ -75,18 +134,26 @@ def run_eirtrain(data: Path, run: Path, epochs: int, nproc: int = 1) -> dict[str
     done = re.search(r"done: (\d+) iterations in ([0-9.]+)s", log)
     assert done is not None
     iters, loop_s = int(done.group(1)), float(done.group(2))
-    last_valid = (run / "validation_average_history.log").read_text().strip().splitlines()[-1].split(",")
+    valid = read_history(run / "validation_average_history.log")
+    last = max(valid)
+    workers = [p["mb"] for p in procs.values() if "eir_core.cli.train" in p["cmd"]]
+    launchers = [p["mb"] for p in procs.values() if "torch.distributed.run" in p["cmd"]]
     batch = 64
+    params = re.search(r"model: (\d+) parameters", log)
     return {
+        "parameters": int(params.group(1)) if params else None,
         "wall_s": round(wall, 2),
         "first_step_s": first,
         "loop_s": loop_s,
         "iterations": iters,
         "samples_per_s_whole_process": round(iters * batch / wall, 1),
         "samples_per_s_loop": round(iters * batch / loop_s, 1),
-        "peak_rss_mb": round(max(peak_kb, before) / 1024, 1),  # the largest single process
-        "final_validation_mse": float(last_valid[1]),
-        "final_iteration": int(last_valid[0]),
+        "peak_rss_mb": max(p["mb"] for p in procs.values()),  # the largest single process
+        "peak_rss_mb_workers": workers,
+        "peak_rss_mb_launcher": launchers[0] if launchers else None,
+        "final_validation_mse": valid[last],
+        "final_iteration": last,
+        "validation_mse": valid,
     }
 
 
@@ -134,35 +201,50 @@ def bare_loop(data: Path, iterations: int, batch: int = 64) -> dict[str, float]:
     return {"loop_s": round(elapsed, 2), "samples_per_s": round(iterations * batch / elapsed, 1)}
 
 
-def run_eir_anchor(data_root: Path, epochs: int) -> dict[str, float] | None:
-    """The original EIR via shared/anchors/eir.sh, if it is installed on this machine."""
-    script = ROOT.parent / "shared" / "anchors" / "eir.sh"
-    anchor = Path(os.environ.get("EIR_ANCHOR_DIR", Path.home() / ".cache" / "eir-anchor"))
-    if not script.is_file() or not (anchor / "eir-venv" / "bin" / "eirtrain").exists():
-        print("EIR anchor not installed (bash ../shared/anchors/eir.sh install); skipping it")
+def _eir_parameters(log: Path) -> int | None:
+    found = re.search(r"Total parameters: ([0-9,]+)", log.read_text()) if log.exists() else None
+    return int(found.group(1).replace(",", "")) if found else None
+
+
+def run_eir_reference(data: Path, epochs: int, size: int, extra: list[str]) -> dict[str, Any] | None:
+    """The original EIR 0.25.0 via benchmarks/eir_reference.sh, on ``data`` (the same files).
+
+    8x8 outputs get ``cutoff: 128`` (EIR's own rule never finishes building that head; ours
+    stops where that cutoff does, so both build the same model)."""
+    script = ROOT / "benchmarks" / "eir_reference.sh"
+    home = Path(os.environ.get("EIR_REFERENCE_DIR", Path.home() / ".cache" / "eir-reference"))
+    if not (home / "venv" / "bin" / "eirtrain").exists():
+        print("EIR is not installed (bash benchmarks/eir_reference.sh install); skipping it")
         return None
-    if not (anchor / "data28").exists():
-        subprocess.run(["bash", str(script), "data"], check=True, capture_output=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        ["bash", str(script), "train", "bench28", "a", "28", f"--globals.basic_experiment.n_epochs={epochs}"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    wall = time.perf_counter() - t0
-    log = (anchor / "runs" / "bench28.log").read_text() if (anchor / "runs" / "bench28.log").exists() else ""
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", log)
-    hist = anchor / "runs" / "bench28" / "validation_average_history.log"
-    mse = None
-    if hist.exists():
-        last = hist.read_text().strip().splitlines()[-1].split(",")
-        mse = float(last[1])
+    name = f"bench-{os.getpid()}"
+    cutoff = ["128"] if size * size < 128 else []
+    cmd = ["bash", str(script), "train", name, str(data), "a", *cutoff, "--"]
+    cmd += [f"--globals.basic_experiment.n_epochs={epochs}", *extra]
+    proc, wall, procs = run_measured(cmd)
+    run = home / "runs" / name
     if proc.returncode != 0:
-        print("EIR anchor run failed:", proc.stdout[-500:], proc.stderr[-500:])
+        print("EIR run failed:", proc.stdout[-500:], proc.stderr[-1500:])
+        return None
+    valid = read_history(run / "validation_average_history.log")
+    # EIR's progress bar ("Epoch [e/E]: [i/N]") counts the iterations; its training history log
+    # is only written up to the last evaluation.
+    log = (home / "runs" / f"{name}.log").read_text()
+    progress = re.findall(r"Epoch \[(\d+)/\d+\]: \[(\d+)/(\d+)\]", log)
+    if not progress:
+        print("EIR's log has no progress lines; cannot count its iterations")
+        return None
+    epoch, step, per_epoch = (int(v) for v in progress[-1])
+    iterations = (epoch - 1) * per_epoch + step
     return {
+        "command": " ".join(["benchmarks/eir_reference.sh", *cmd[2:4], "DATA", *cmd[5:]]),
+        "parameters": _eir_parameters(home / "runs" / f"{name}.log"),
+        "run_folder": str(run),
         "wall_s": round(wall, 2),
-        "samples_per_s_whole_process": round(epochs * 140 * 64 / wall, 1),
-        "peak_rss_mb": round(int(rss.group(1)) / 1024, 1) if rss else None,  # type: ignore[dict-item]
-        "validation_mse_last": mse,  # type: ignore[dict-item]
+        "iterations": iterations,
+        "iterations_per_epoch": per_epoch,
+        "samples_per_s_whole_process": round(iterations * 64 / wall, 1),
+        "peak_rss_mb": max(p["mb"] for p in procs.values()),
+        "validation_mse": valid,
     }
 
 
@@ -173,16 +255,37 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--nproc", type=int, default=2, help="processes for the torchrun figure (0: skip it)")
     ap.add_argument("--with-eir", action="store_true")
+    ap.add_argument(
+        "--eval-interval",
+        type=int,
+        default=0,
+        help="validate (and checkpoint/sample) every N iterations in both systems (0: the tutorial's 1000)",
+    )
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(Path(tmp) / "data", a.size, a.count)
-        ours = run_eirtrain(data, Path(tmp) / "run", a.epochs)
+        extra = []
+        if a.eval_interval:
+            extra = [
+                f"--globals.evaluation_checkpoint.{k}={a.eval_interval}"
+                for k in ("checkpoint_interval", "sample_interval")
+            ]
+        ours = run_eirtrain(data, Path(tmp) / "run", a.epochs, extra=extra)
         bare = bare_loop(data, int(ours["iterations"]))
-        ddp = run_eirtrain(data, Path(tmp) / "run_ddp", a.epochs, a.nproc) if a.nproc > 1 else None
-        eir = run_eir_anchor(Path(tmp), a.epochs) if a.with_eir else None
-    result = {
+        ddp = run_eirtrain(data, Path(tmp) / "run_ddp", a.epochs, a.nproc, extra) if a.nproc > 1 else None
+        eir = run_eir_reference(data, a.epochs, a.size, extra) if a.with_eir else None
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
+    result: dict[str, Any] = {
+        "command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
+        "commit": commit.strip(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
-        "workload": {"size": a.size, "count": a.count, "epochs": a.epochs, "batch_size": 64},
+        "workload": {
+            "size": a.size,
+            "count": a.count,
+            "epochs": a.epochs,
+            "batch_size": 64,
+            "eval_interval": a.eval_interval,
+        },
         "eirtrain": ours,
         "bare_loop": bare,
         "ratio_trainer_loop_over_bare_loop": round(ours["loop_s"] / bare["loop_s"], 3),
@@ -197,12 +300,23 @@ def main() -> None:
         result["ratio_whole_process_ours_over_eir"] = round(
             ours["samples_per_s_whole_process"] / eir["samples_per_s_whole_process"], 2
         )
+        common = set(ours["validation_mse"]) & set(eir["validation_mse"])
+        if common:
+            at = max(common)
+            result["validation_mse_same_iteration"] = {
+                "iteration": at,
+                "eirtrain": ours["validation_mse"][at],
+                "eir_0_25": eir["validation_mse"][at],
+            }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "train_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"# Training throughput ({result['date']}, {os.cpu_count()} CPUs, torch {torch.__version__})",
         "",
-        f"Workload: tutorial run 1, {a.size}x{a.size}, {a.count} images, {a.epochs} epochs, batch 64.",
+        f"Command: `{result['command']}` at commit {result['commit']}.",
+        "",
+        f"Workload: tutorial run 1, {a.size}x{a.size}, {a.count} images, {a.epochs} epochs, batch 64"
+        + (f", validation every {a.eval_interval} iterations." if a.eval_interval else "."),
         "",
         "| figure | value |",
         "|---|---|",
@@ -222,18 +336,27 @@ def main() -> None:
             f"| {ddp['samples_per_s_whole_process']} samples/s ({ddp['wall_s']} s) |",
             f"| torchrun training loop | {ddp['loop_s']} s ({ddp['samples_per_s_loop']} samples/s) |",
             f"| ratio torchrun loop / one-process loop (samples/s) | {round(ratio, 2)} |",
-            f"| torchrun peak RSS, largest process | {ddp['peak_rss_mb']} MB |",
+            f"| torchrun peak RSS per process: workers | {', '.join(f'{w} MB' for w in ddp['peak_rss_mb_workers'])} |",
+            f"| torchrun peak RSS: launcher | {ddp['peak_rss_mb_launcher']} MB |",
             f"| torchrun final validation MSE (iteration {ddp['final_iteration']}) "
             f"| {ddp['final_validation_mse']:.4f} |",
         ]
     if eir:
         lines += [
-            f"| EIR 0.25 wall time (same data and YAMLs) | {eir['wall_s']} s |",
+            f"| EIR 0.25 wall time (same data files and YAMLs) | {eir['wall_s']} s |",
+            f"| EIR iterations (from its history log) | {eir['iterations']} "
+            f"({eir['iterations_per_epoch']:g} per epoch) |",
             f"| EIR whole-process throughput | {eir['samples_per_s_whole_process']} samples/s |",
             f"| EIR peak RSS | {eir['peak_rss_mb']} MB |",
-            f"| EIR last validation MSE | {eir['validation_mse_last']} |",
             f"| ratio ours / EIR, whole process | {result['ratio_whole_process_ours_over_eir']} |",
+            f"| parameters: eirtrain / EIR | {ours['parameters']} / {eir['parameters']} |",
         ]
+        same = result.get("validation_mse_same_iteration")
+        if same:
+            lines.append(
+                f"| validation MSE at iteration {same['iteration']}: eirtrain / EIR "
+                f"| {same['eirtrain']:.4f} / {same['eir_0_25']:.4f} |"
+            )
     (RESULTS / "train_throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

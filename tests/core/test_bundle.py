@@ -118,6 +118,7 @@ def test_a_manifest_written_before_the_typed_manifest_still_reads() -> None:
     assert isinstance(label, TabularInput) and label.offered("CLASS") == [str(d) for d in range(10)]
     assert m.optional_inputs == {"mnist"}
     assert m.training.iteration == 24 and m.training.world_size == 1
+    assert m.model_spec.architecture == 1  # built by the rules of its time, not EIR 0.25's
     assert json.loads(m.model_dump_json())["inputs"] == raw["inputs"]  # the bytes' meaning is unchanged
 
 

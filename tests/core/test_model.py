@@ -23,6 +23,19 @@ def test_lcl_matches_its_definition() -> None:
     assert LCL(784, 1, num_chunks=196).kernel_size == 4
 
 
+def test_lcl_paths_agree_with_the_definition() -> None:
+    """Every forward path (kernel 1, broadcast, bmm), and chunk counts kept past the input
+    (EIR's identity LCLs: 688 inputs in 1248 one-wide chunks, the last 560 all padding)."""
+    torch.manual_seed(0)
+    for n_in, sets, kernel, chunks in [(688, 1, None, 1248), (10, 3, 4, None), (256, 16, 6, None), (560, 28, 24, None)]:
+        layer = LCL(n_in, sets, kernel_size=kernel, num_chunks=chunks)
+        x = torch.randn(3, n_in)
+        xp = torch.nn.functional.pad(x, (0, layer.padding)).view(3, layer.num_chunks, layer.kernel_size)
+        expected = torch.einsum("nck,sck->nsc", xp, layer.weight).flatten(1) + layer.bias
+        torch.testing.assert_close(layer(x), expected)
+    assert LCL(688, 1, num_chunks=1248).out_features == 1248
+
+
 def _spec(hw: int, label: bool = False) -> ModelSpec:
     inputs = [
         InputSpec(
@@ -45,8 +58,8 @@ def test_tutorial_28x28_sizes_follow_the_spec() -> None:
     assert m.input_modules["mnist"].out_features == 196
     assert m.input_modules["mnist_label"].out_features == 6  # 11 categories -> 6-dim embedding
     head = m.output_modules["mnist_output"]
-    assert head.trunk.out_features == 512
-    assert (head.projection.fc_1.kernel_size, head.projection.fc_1.out_feature_sets) == (23, 28)
+    assert head.feature_extractor.out_features == 560  # EIR 0.25.0: 688 -> 1248 -> 560
+    assert (head.projection_head.fc_1.kernel_size, head.projection_head.fc_1.out_feature_sets) == (24, 28)
     names = dict(m.named_modules())
     assert "fusion_modules.computed.fusion_modules.fusion.1.0" in names
     batch = {

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from eir_core.data.tabular import NULL
 from eir_core.model.meta import ModelSpec
@@ -91,6 +91,12 @@ class Manifest(_Model):
     inputs: list[InputEntry]
     outputs: list[ArrayOutput]
     training: TrainingSummary
+
+    @field_validator("model_spec", mode="before")
+    @classmethod
+    def _spec_as_written(cls, value: Any) -> Any:
+        # A spec written before specs recorded their architecture is architecture 1.
+        return ModelSpec.from_manifest(value) if isinstance(value, dict) else value
 
     def input(self, name: str) -> ArrayInput | TabularInput:
         for e in self.inputs:

@@ -19,7 +19,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("digits", help="scikit-learn's bundled handwritten digits (real data, no download)")
     d.add_argument("--output-folder", "--output_folder", required=True, type=Path)
-    d.add_argument("--size", type=int, choices=(8, 28), default=8)
+    d.add_argument("--size", type=int, default=8, help="side in pixels, 4..64 (8: the originals; else resized)")
+    d.add_argument("--flat", action="store_true", help="write 1-D arrays of size*size values instead of images")
     d.add_argument("--count", type=int, default=None, help="number of samples (28x28: shifted copies past 1797)")
     d.add_argument("--seed", type=int, default=0)
     m = sub.add_parser("mnist", help="convert MNIST IDX files (gz or not) or an .npz you already have")
@@ -34,7 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.count < 1:
                 raise EirError("--count must be at least 1")
         if args.command == "digits":
+            if not 4 <= args.size <= 64:
+                raise EirError(f"--size must be between 4 and 64, got {args.size}")
             images, labels = make_digits(args.size, args.count, args.seed)
+            if args.flat:
+                images = images.reshape(len(images), -1)
             start = 10000 if args.size == 8 else 20000
         else:
             from eir_core.data.mnist_files import read_mnist

@@ -157,10 +157,10 @@ class GlobalConfig(Strict):
 class LCLModelInitConfig(Strict):
     patch_size: list[int] | None = None
     layers: list[int] | None = None
-    kernel_width: int | Literal["patch"] = 16
+    kernel_width: int | Literal["patch"] = 12
     first_kernel_expansion: int = -2
     channel_exp_base: int = Field(2, ge=0, le=10)
-    first_channel_expansion: int = Field(1, ge=1)
+    first_channel_expansion: int = 1  # negative: divide (EIR); the model refuses 0 sets
     num_lcl_chunks: int | None = None
     rb_do: float = Field(0.10, ge=0, lt=1)
     stochastic_depth_p: float = Field(0.0, ge=0, lt=1)

@@ -1,10 +1,10 @@
 """The embedded data set: scikit-learn's handwritten digits (1797 real 8x8 images, 0..16),
-written in EIR's tutorial layout, as 8x8 or as an MNIST-shaped 28x28 variant.
+written in EIR's tutorial layout, as 8x8 or resized (e.g. the MNIST-shaped 28x28 variant).
 
 Layout: ``DIR/mnist_npy/<ID>.npy`` (uint8, 0..255) and ``DIR/mnist_labels.csv`` (ID,CLASS).
-The 28x28 variant upsamples bilinearly and, past the 1797 originals, adds copies shifted by
-up to 2 pixels (zero-filled) so that ``count`` samples exist. IDs start at 10000 (8x8) or
-20000 (28x28), as the comparison data in ``shared/anchors`` does.
+A resized variant (28x28, or any other side) is resampled bilinearly and, past the 1797
+originals, adds copies shifted by up to 2 pixels (zero-filled) so that ``count`` samples exist.
+IDs start at 10000 (8x8) or 20000 (other sizes).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Building blocks shared by the extractors, the fusion MLP and the output heads."""
+"""Building blocks of architecture 2: the layers EIR 0.25.0 builds its LCL models and fusion from.
+
+Module and parameter names follow EIR's (``fc_0``, ``norm_1``, ``ls.gamma``, ``pos_emb.embedding``,
+``downsample_identity``...), so state-dict keys and ``layers_to_sample`` paths read the same.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +14,26 @@ from torch.nn import functional as F
 
 
 class LayerScale(nn.Module):
-    """Learnable per-feature scale of a residual branch (CaiT); small init = near-identity."""
+    """Learnable per-feature scale of a residual branch (CaiT)."""
 
     def __init__(self, dim: int, init_value: float) -> None:
         super().__init__()
-        self.scale = nn.Parameter(torch.full((dim,), float(init_value)))
+        self.dim = dim
+        self.init_values = init_value
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale
+        return x * self.gamma
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, init={self.init_values}"
 
 
 class StochasticDepth(nn.Module):
     """Drops the whole residual branch for the whole batch with probability p (training only).
 
-    A dropped branch is multiplied by zero rather than replaced, so its parameters still get
-    (zero) gradients: the optimizer treats them alike in every step, and DistributedDataParallel
-    sees every parameter used even when ranks drop different branches.
+    A dropped branch is multiplied by zero rather than skipped, so its parameters still get
+    (zero) gradients and DistributedDataParallel sees every parameter used on every rank.
     """
 
     def __init__(self, p: float) -> None:
@@ -41,11 +49,13 @@ class StochasticDepth(nn.Module):
 
 
 class LCL(nn.Module):
-    """Locally connected layer: the flat input is cut into chunks of ``kernel_size`` and each
-    chunk has its own ``out_feature_sets`` x ``kernel_size`` weights (no sharing).
+    """Locally connected layer: the flat input is cut into ``num_chunks`` chunks of ``kernel_size``
+    and each chunk has its own ``out_feature_sets`` x ``kernel_size`` weights (no sharing).
 
-    ``out[o * chunks + c] = sum_j x[c, j] * W[o, c, j] + b``; the input is zero-padded on the
-    right to a whole number of chunks.
+    ``out[o * num_chunks + c] = sum_j x[c, j] * W[o, c, j] + b``. Give either ``kernel_size``
+    (chunks = ceil(in / kernel)) or ``num_chunks`` (kernel = ceil(in / chunks), and the chunk
+    count is kept even when the last chunks are all padding, as EIR does for its identity paths).
+    The input is zero-padded on the right to ``num_chunks * kernel_size``.
     """
 
     def __init__(
@@ -59,30 +69,42 @@ class LCL(nn.Module):
         super().__init__()
         if (kernel_size is None) == (num_chunks is None):
             raise ValueError("give exactly one of kernel_size and num_chunks")
-        if num_chunks is not None:
+        if kernel_size is not None:
+            if kernel_size < 1:
+                raise ValueError(f"kernel_size must be >= 1, got {kernel_size}")
+            num_chunks = math.ceil(in_features / kernel_size)
+        else:
+            assert num_chunks is not None
+            if num_chunks < 1:
+                raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
             kernel_size = math.ceil(in_features / num_chunks)
-        assert kernel_size is not None and kernel_size >= 1
+        if out_feature_sets < 1:
+            raise ValueError(f"out_feature_sets must be >= 1, got {out_feature_sets}")
         self.in_features = in_features
         self.kernel_size = kernel_size
+        self.num_chunks = num_chunks
         self.out_feature_sets = out_feature_sets
-        self.num_chunks = math.ceil(in_features / kernel_size)
-        self.padding = self.num_chunks * kernel_size - in_features
-        self.out_features = out_feature_sets * self.num_chunks
-        self.weight = nn.Parameter(torch.empty(out_feature_sets, self.num_chunks, kernel_size))
+        self.padding = num_chunks * kernel_size - in_features
+        self.out_features = out_feature_sets * num_chunks
+        self.weight = nn.Parameter(torch.empty(out_feature_sets, num_chunks, kernel_size))
         self.bias = nn.Parameter(torch.zeros(self.out_features)) if bias else None
         # Narrow layers (few sets x short kernels) are many tiny matrix products: a broadcast
-        # multiply-and-sum beats batched matmul there (3-5x on CPU); wide ones use bmm.
-        self._broadcast = out_feature_sets * kernel_size <= 128
-        # Each output sees only its chunk, so the fan-in is the kernel size, not the row size.
-        bound = 1.0 / math.sqrt(kernel_size)
+        # multiply-and-sum beats batched matmul there on CPU; wide ones use bmm. A kernel of 1
+        # (the identity paths) is an elementwise product.
+        self._broadcast = out_feature_sets * kernel_size <= 64
+        # EIR's init: kaiming-uniform with a=sqrt(5) over the weight tensor, whose fan-in is
+        # chunks x kernel, i.e. U(-1/sqrt(chunks * kernel), +1/sqrt(chunks * kernel)).
+        bound = 1.0 / math.sqrt(num_chunks * kernel_size)
         nn.init.uniform_(self.weight, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding:
             x = F.pad(x, (0, self.padding))
         b = x.shape[0]
-        x = x.view(b, self.num_chunks, self.kernel_size)
-        if self._broadcast:
+        x = x.reshape(b, self.num_chunks, self.kernel_size)
+        if self.kernel_size == 1:
+            out = x.transpose(1, 2) * self.weight[:, :, 0]  # (b, 1, chunks) * (sets, chunks)
+        elif self._broadcast:
             out = (x.unsqueeze(1) * self.weight.unsqueeze(0)).sum(-1)  # (b, sets, chunks)
         else:  # (chunks, b, k) @ (chunks, k, sets) -> (chunks, b, sets)
             out = torch.bmm(x.transpose(0, 1), self.weight.permute(1, 2, 0)).permute(1, 2, 0)
@@ -98,94 +120,113 @@ class LCL(nn.Module):
         )
 
 
-def exact_projection(in_features: int, out_features: int) -> nn.Module:
-    """An LCL with one set mapping ``in`` to exactly ``out`` features, else a Linear."""
-    lcl = LCL(in_features, 1, num_chunks=out_features)
-    if lcl.out_features == out_features:
-        return lcl
-    return nn.Linear(in_features, out_features)
-
-
 class LCLResidualBlock(nn.Module):
-    """Pre-norm residual block of two LCLs: x -> proj(x) + SD(LS(fc2(drop(gelu(fc1(norm(x))))))).
+    """Pre-norm residual block of two LCLs with the same kernel and sets:
+    ``x -> id(x') + SD(LS(fc_2(drop(gelu(fc_1(norm(x)))))))``.
 
-    The first block of an extractor takes its shortcut from the normalized input
-    (full pre-activation), later blocks from the raw input.
+    The shortcut ``x'`` is the normalized input when the block is the first of a trunk (full
+    pre-activation) or changes the width, else the raw input. A width change goes through an
+    LCL with one set and one chunk per output feature. The branch starts near-silent (LS 1e-5).
     """
 
     def __init__(
         self,
         in_features: int,
-        kernel_size: int,
         out_feature_sets: int,
-        dropout_p: float,
-        stochastic_depth_p: float,
+        kernel_size: int,
+        dropout_p: float = 0.0,
+        stochastic_depth_p: float = 0.0,
         full_preactivation: bool = False,
     ) -> None:
         super().__init__()
-        self.full_preactivation = full_preactivation
-        self.norm = nn.RMSNorm(in_features)
+        self.in_features = in_features
+        self.out_feature_sets = out_feature_sets
+        self.kernel_size = kernel_size
+        self.norm_1 = nn.RMSNorm(in_features)
         self.fc_1 = LCL(in_features, out_feature_sets, kernel_size=kernel_size)
-        self.act = nn.GELU()
-        self.dropout = nn.Dropout(dropout_p)
+        self.act_1 = nn.GELU()
+        self.do = nn.Dropout(dropout_p)
         self.fc_2 = LCL(self.fc_1.out_features, out_feature_sets, kernel_size=kernel_size)
         self.out_features = self.fc_2.out_features
-        self.ls = LayerScale(self.out_features, 1.0)
-        self.stochastic_depth = StochasticDepth(stochastic_depth_p)
+        self.ls = LayerScale(self.out_features, 1e-5)
+        self.norm_identity = full_preactivation or in_features != self.out_features
         self.downsample_identity: nn.Module = (
-            nn.Identity() if in_features == self.out_features else exact_projection(in_features, self.out_features)
+            nn.Identity() if in_features == self.out_features else LCL(in_features, 1, num_chunks=self.out_features)
         )
+        self.stochastic_depth = StochasticDepth(stochastic_depth_p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.norm(x)
-        identity = self.downsample_identity(out if self.full_preactivation else x)
-        out = self.fc_2(self.dropout(self.act(self.fc_1(out))))
-        return self.stochastic_depth(self.ls(out)) + identity
+        out = self.norm_1(x)
+        identity = self.downsample_identity(out if self.norm_identity else x)
+        out = self.fc_2(self.do(self.act_1(self.fc_1(out))))
+        result: torch.Tensor = self.stochastic_depth(self.ls(out)) + identity
+        return result
+
+
+class PositionalEmbedding(nn.Module):
+    """A learned (length, dim) table added to a token sequence, zero at init."""
+
+    def __init__(self, length: int, dim: int, dropout_p: float = 0.0) -> None:
+        super().__init__()
+        self.embedding = nn.Parameter(torch.zeros(1, length, dim))
+        self.dropout = nn.Dropout(dropout_p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result: torch.Tensor = self.dropout(x + self.embedding)
+        return result
 
 
 class LCLAttentionBlock(nn.Module):
-    """Self-attention across the chunks of an LCL output: tokens = chunks, width = sets.
+    """Self-attention over the tokens of an LCL output: the flat vector is read as
+    (features / sets) consecutive tokens of width ``sets``, one head per set.
 
-    Added near-silently (outer LayerScale 1e-5) so that it starts as the identity.
+    ``x + LS(flatten(t + attn(t)))`` with ``t = norm(x_tokens + pos)``; LS starts at 1e-5 so
+    the block starts as the identity.
     """
 
-    def __init__(self, in_features: int, sets: int) -> None:
+    def __init__(self, in_features: int, embedding_dim: int) -> None:
         super().__init__()
-        if in_features % sets:
-            raise ValueError(f"{in_features} features are not a whole number of {sets} sets")
-        self.sets = sets
-        self.tokens = in_features // sets
-        self.pos_embedding = nn.Parameter(torch.zeros(self.tokens, sets))
-        self.norm = nn.RMSNorm(sets)
-        self.attention = nn.MultiheadAttention(sets, num_heads=sets, batch_first=True)
-        self.ls = LayerScale(in_features, 1e-5)
+        if in_features % embedding_dim:
+            raise ValueError(f"{in_features} features are not a whole number of {embedding_dim}-wide tokens")
+        self.in_features = in_features
         self.out_features = in_features
+        self.embedding_dim = embedding_dim
+        self.attention = nn.MultiheadAttention(embedding_dim, num_heads=embedding_dim, batch_first=True)
+        self.norm = nn.RMSNorm(embedding_dim)
+        self.pos_emb = PositionalEmbedding(in_features // embedding_dim, embedding_dim)
+        self.ls = LayerScale(in_features, 1e-5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        t = x.view(b, self.sets, self.tokens).transpose(1, 2) + self.pos_embedding
-        q = self.norm(t)
-        t = t + self.attention(q, q, q, need_weights=False)[0]
-        return x + self.ls(t.transpose(1, 2).reshape(b, -1))
+        t = self.norm(self.pos_emb(x.reshape(x.shape[0], -1, self.embedding_dim)))
+        t = t + self.attention(t, t, t, need_weights=False)[0]
+        result: torch.Tensor = x + self.ls(t.flatten(1))
+        return result
 
 
 class MLPResidualBlock(nn.Module):
-    """RMSNorm -> Linear -> GELU -> Dropout -> Linear -> LayerScale -> StochDepth, + shortcut."""
+    """RMSNorm -> Linear -> GELU -> Dropout -> Linear -> LayerScale -> StochDepth, + shortcut.
+
+    A widening block takes its shortcut from the normalized input through a Linear and starts
+    with LS 1.0 (it must carry signal); a same-width block is near-identity (LS 1e-5).
+    """
 
     def __init__(self, in_features: int, out_features: int, dropout_p: float, stochastic_depth_p: float) -> None:
         super().__init__()
-        self.norm = nn.RMSNorm(in_features)
-        self.fc_1 = nn.Linear(in_features, out_features, bias=False)
-        self.act = nn.GELU()
-        self.dropout = nn.Dropout(dropout_p)
-        self.fc_2 = nn.Linear(out_features, out_features, bias=False)
+        self.in_features = in_features
+        self.out_features = out_features
         same = in_features == out_features
-        # A same-width block starts close to the identity; a widening one must carry signal.
+        self.norm_1 = nn.RMSNorm(in_features)
+        self.fc_1 = nn.Linear(in_features, out_features, bias=False)
+        self.act_1 = nn.GELU()
+        self.do = nn.Dropout(dropout_p)
+        self.fc_2 = nn.Linear(out_features, out_features, bias=False)
+        self.downsample_identity: nn.Module = nn.Identity() if same else nn.Linear(in_features, out_features)
         self.ls = LayerScale(out_features, 1e-5 if same else 1.0)
         self.stochastic_depth = StochasticDepth(stochastic_depth_p)
-        self.downsample_identity: nn.Module = nn.Identity() if same else nn.Linear(in_features, out_features)
-        self.out_features = out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.fc_2(self.dropout(self.act(self.fc_1(self.norm(x)))))
-        return self.stochastic_depth(self.ls(out)) + self.downsample_identity(x)
+        out = self.norm_1(x)
+        identity = self.downsample_identity(x if self.in_features == self.out_features else out)
+        out = self.fc_2(self.do(self.act_1(self.fc_1(out))))
+        result: torch.Tensor = self.stochastic_depth(self.ls(out)) + identity
+        return result

@@ -8,7 +8,7 @@ input order -> fusion MLP -> each output head.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -16,8 +16,11 @@ from torch import nn
 
 from eir_core.config.schema import LCLModelInitConfig, OutputLCLModelInitConfig, ResidualMLPConfig
 from eir_core.data.tabular import embedding_dim
-from eir_core.model.layers import MLPResidualBlock
-from eir_core.model.lcl import ArrayInputExtractor, ArrayOutputHead
+from eir_core.model import layers, lcl, v1_layers, v1_lcl
+
+# Which set of building rules a spec is built with. 1: eir-lite's own rules (bundles written
+# before the spec recorded this; their manifests have no "architecture" key). 2: EIR 0.25.0's.
+ARCHITECTURE: Literal[1, 2] = 2
 
 # A batch: input name -> tensor (array inputs: (B, C, H, W) float, normalized) or, for a
 # tabular input, {"cat": (B, n_cat) int64 codes, "con": (B, n_con) float32 standardized}.
@@ -46,6 +49,14 @@ class ModelSpec(BaseModel):
     inputs: list[InputSpec]
     outputs: list[OutputSpec]
     fusion: ResidualMLPConfig = ResidualMLPConfig()
+    architecture: Literal[1, 2] = ARCHITECTURE
+
+    @classmethod
+    def from_manifest(cls, data: Any) -> ModelSpec:
+        """A bundle's recorded spec; one without an architecture predates it and is architecture 1."""
+        if isinstance(data, dict) and "architecture" not in data:
+            data = {**data, "architecture": 1}
+        return cls.model_validate(data)
 
 
 class TabularExtractor(nn.Module):
@@ -57,7 +68,7 @@ class TabularExtractor(nn.Module):
             {col: nn.Embedding(n, embedding_dim(n)) for col, n in cat_cardinalities.items()}
         )
         self.columns = list(cat_cardinalities)
-        self.out_features = sum(e.embedding_dim for e in self.embeddings.values()) + n_con
+        self.out_features = sum(embedding_dim(n) for n in cat_cardinalities.values()) + n_con
 
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [self.embeddings[c](x["cat"][:, i]) for i, c in enumerate(self.columns)]
@@ -67,41 +78,47 @@ class TabularExtractor(nn.Module):
 
 
 class MLPResidualFusion(nn.Module):
-    def __init__(self, in_features: int, cfg: ResidualMLPConfig) -> None:
+    """EIR's MLPResidualFusionModule: a first (adaptor) block from the concatenated features to
+    ``fc_task_dim``, then ``layers[0] - 1`` same-width blocks."""
+
+    def __init__(self, in_features: int, cfg: ResidualMLPConfig, architecture: int = ARCHITECTURE) -> None:
         super().__init__()
+        block = layers.MLPResidualBlock if architecture >= 2 else v1_layers.MLPResidualBlock
         dim, n = cfg.fc_task_dim, cfg.layers[0]
-        first = MLPResidualBlock(in_features, dim, cfg.rb_do, cfg.stochastic_depth_p)
+        first = block(in_features, dim, cfg.rb_do, cfg.stochastic_depth_p)
         groups = [nn.Sequential(first)]
         if n > 1:
-            rest = [MLPResidualBlock(dim, dim, cfg.rb_do, cfg.stochastic_depth_p) for _ in range(n - 1)]
+            rest = [block(dim, dim, cfg.rb_do, cfg.stochastic_depth_p) for _ in range(n - 1)]
             groups.append(nn.Sequential(*rest))
         self.fusion_modules = nn.ModuleDict({"fusion": nn.Sequential(*groups)})
         self.out_features = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fusion_modules["fusion"](x)
+        result: torch.Tensor = self.fusion_modules["fusion"](x)
+        return result
 
 
 class MetaModel(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
+        rules = lcl if spec.architecture >= 2 else v1_lcl
         inputs: dict[str, nn.Module] = {}
         width = 0
         for inp in spec.inputs:
-            module: ArrayInputExtractor | TabularExtractor
+            module: lcl.ArrayInputExtractor | v1_lcl.ArrayInputExtractor | TabularExtractor
             if inp.type == "array":
                 assert inp.shape is not None and inp.lcl is not None
-                module = ArrayInputExtractor(inp.shape, inp.lcl)
+                module = rules.ArrayInputExtractor(inp.shape, inp.lcl)
             else:
                 module = TabularExtractor(inp.cat_cardinalities, inp.n_con)
             inputs[inp.name] = module
             width += module.out_features
         self.input_modules = nn.ModuleDict(inputs)
-        fusion = MLPResidualFusion(width, spec.fusion)
+        fusion = MLPResidualFusion(width, spec.fusion, spec.architecture)
         self.fusion_modules = nn.ModuleDict({"computed": fusion})
         self.output_modules = nn.ModuleDict(
-            {o.name: ArrayOutputHead(fusion.out_features, o.shape, o.lcl) for o in spec.outputs}
+            {o.name: rules.ArrayOutputHead(fusion.out_features, o.shape, o.lcl) for o in spec.outputs}
         )
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -120,7 +120,13 @@ def load_resume_state(
         meta = _header_metadata(raw)
     except (SafetensorError, struct.error, ValueError) as e:
         raise RunFolderError(f"{source}: unreadable resume state ({e}); use --overwrite to start over") from None
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    except RuntimeError:
+        raise RunFolderError(
+            f"{source}: the resume state holds a different network than these configs build (e.g. one saved "
+            "before eir-lite built EIR 0.25.0's architecture); use --overwrite to start over"
+        ) from None
     opt_meta = json.loads(meta["optimizer"])
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():
