@@ -23,6 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model-path", "--model_path", type=Path, help="a .safetensors bundle or a run folder")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--grpc-port", type=int, help="gRPC (Open Inference Protocol) port, default 8001; 0 turns it off")
     p.add_argument("--device", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--max-batch-size", type=int)
     p.add_argument("--batch-timeout-ms", type=float)
