@@ -245,16 +245,18 @@ def batch_size(service: ModelService, shapes: dict[str, Sequence[int]]) -> int:
     return n
 
 
-Decode = Callable[[TensorSpec, Sequence[int]], np.ndarray]
+Decode = Callable[[TensorSpec, Sequence[int], Any], np.ndarray]
 
 
 @dataclass(frozen=True)
 class RequestTensor:
-    """A request's input tensor from either transport; ``decode`` turns its data into an array."""
+    """A request's input tensor from either transport: ``decode(spec, shape, payload)`` makes its array
+    (``from_json`` for JSON data, ``from_raw`` for bytes, the gRPC servicer's ``from_contents``)."""
 
     name: str
     datatype: str
     shape: Sequence[int]
+    payload: Any
     decode: Decode
 
 
@@ -269,7 +271,7 @@ def decode_inputs(service: ModelService, tensors: Sequence[RequestTensor]) -> li
             raise bad(f"input {t.name!r} is given twice")
         checked[t.name] = (check_header(specs, t.name, t.datatype, t.shape), t)
     n = batch_size(service, {name: t.shape for name, (_, t) in checked.items()})
-    arrays = {name: t.decode(spec, t.shape) for name, (spec, t) in checked.items()}
+    arrays = {name: t.decode(spec, t.shape, t.payload) for name, (spec, t) in checked.items()}
     return items_from_tensors(service, specs, arrays, n)
 
 

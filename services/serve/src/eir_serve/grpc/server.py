@@ -110,10 +110,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         async def run() -> pb.ModelReadyResponse:
+            # A yes/no question: an unknown model or version is "not ready" (HTTP says so with a 404).
             service: ModelService | None = getattr(self.state, "service", None)
             if service is None:
                 return pb.ModelReadyResponse(ready=False)
-            protocol.check_model(service, request.name, request.version)
+            try:
+                protocol.check_model(service, request.name, request.version)
+            except ApiError:
+                return pb.ModelReadyResponse(ready=False)
             return pb.ModelReadyResponse(ready=bool(self.state.ready))
 
         return await self._call("ModelReady", context, run)
@@ -180,11 +184,9 @@ def request_tensors(request: pb.ModelInferRequest) -> list[RequestTensor]:
         if raw:
             if t.HasField("contents"):
                 raise bad(f"input {t.name!r}: 'contents' is not allowed when raw_input_contents is used")
-            chunk = raw[k]
-            tensors.append(RequestTensor(t.name, t.datatype, shape, lambda s, sh, c=chunk: protocol.from_raw(s, sh, c)))
+            tensors.append(RequestTensor(t.name, t.datatype, shape, raw[k], protocol.from_raw))
         else:
-            contents = t.contents
-            tensors.append(RequestTensor(t.name, t.datatype, shape, lambda s, sh, c=contents: from_contents(s, sh, c)))
+            tensors.append(RequestTensor(t.name, t.datatype, shape, t.contents, from_contents))
     return tensors
 
 

@@ -169,10 +169,7 @@ def _request_tensors(inputs: Sequence[InferTensor], binary: bytes) -> list[Reque
         if size is None:
             if t.data is None:
                 raise bad(f"input {t.name!r}: no 'data' and no 'binary_data_size' parameter")
-            data = t.data
-            tensors.append(
-                RequestTensor(t.name, t.datatype, t.shape, lambda s, sh, d=data: protocol.from_json(s, sh, d))
-            )
+            tensors.append(RequestTensor(t.name, t.datatype, t.shape, t.data, protocol.from_json))
             continue
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise bad(f"input {t.name!r}: binary_data_size must be a non-negative integer, got {size!r}")
@@ -182,7 +179,7 @@ def _request_tensors(inputs: Sequence[InferTensor], binary: bytes) -> list[Reque
         if len(chunk) != size:
             raise bad(f"input {t.name!r}: binary_data_size {size}, but only {len(chunk)} bytes follow the header")
         offset += size
-        tensors.append(RequestTensor(t.name, t.datatype, t.shape, lambda s, sh, c=chunk: protocol.from_raw(s, sh, c)))
+        tensors.append(RequestTensor(t.name, t.datatype, t.shape, chunk, protocol.from_raw))
     if offset != len(binary):
         raise bad(f"{len(binary) - offset} bytes after the JSON header belong to no input (binary_data_size)")
     return tensors
