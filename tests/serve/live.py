@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
@@ -26,7 +27,8 @@ def free_port() -> int:
 class Live:
     http: str  # "127.0.0.1:PORT" (tritonclient's url form)
     grpc: str
-    app: object
+    app: Any
+    server: uvicorn.Server  # set .should_exit to shut down as on SIGTERM
 
 
 @contextmanager
@@ -47,7 +49,7 @@ def serve_in_thread(settings: Settings, deadline_s: float = 60) -> Iterator[Live
         assert time.monotonic() - t0 < deadline_s, "the server did not become ready"
         time.sleep(0.02)  # poll interval, not a wait for readiness
     try:
-        yield Live(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", app)
+        yield Live(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", app, server)
     finally:
         server.should_exit = True
         thread.join(30)
