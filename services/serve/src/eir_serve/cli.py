@@ -53,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from eir_serve.app import create_app
 
         resolve_device(settings.device)
+        if settings.grpc_port:
+            from eir_serve.grpc.server import check_port_free
+
+            check_port_free(settings.host, settings.grpc_port)
         app = create_app(settings)
     except (EirError, ValueError) as e:
         print(f"eirserve: error: {e}", file=sys.stderr)

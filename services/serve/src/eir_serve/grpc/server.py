@@ -14,6 +14,7 @@ Every call passes through ``InferenceServicer._call``: the one place where a per
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -213,8 +214,21 @@ def from_contents(spec: TensorSpec, shape: Sequence[int], contents: pb.InferTens
     return arr
 
 
-class GrpcPortError(RuntimeError):
+class GrpcPortError(ValueError):
     """The gRPC port cannot be bound; the message says which and what to do."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail before the model loads, with a message, when the gRPC port is taken."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT is no obstacle
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise GrpcPortError(
+                f"--grpc-port {port}: cannot listen on {_address(host, port)} ({e.strerror}); "
+                "pick another port, or 0 to turn gRPC off"
+            ) from None
 
 
 def _address(host: str, port: int) -> str:
