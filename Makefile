@@ -15,7 +15,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 DEMO_DIR ?= examples/tutorial
 
-.PHONY: setup browser demo demo-conditional demo-torchrun test lint bench docker-smoke clean
+.PHONY: setup browser demo demo-conditional demo-torchrun test lint bench docker-smoke grpc-stubs clean
 
 $(VENV)/.installed: packages/core/pyproject.toml requirements-dev.txt $(wildcard services/serve/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ bench: setup
 
 docker-smoke:
 	bash scripts/docker_smoke.sh
+
+# Regenerate eirserve's checked-in gRPC modules from its .proto (grpcio-tools, a dev requirement).
+grpc-stubs: setup
+	bash scripts/gen_grpc.sh $(PY)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)/runs $(DEMO_DIR)/data

@@ -5,9 +5,12 @@
 Without --model-path it trains the 8x8 tutorial autoencoder (examples/tutorial/digits8) first.
 Starts `eirserve --enable-echo` on 127.0.0.1 (ephemeral port), measures time to ready, then for
 concurrency 1, 8, 32, 64 sends a fixed number of requests (each one image, EIR's payload) to
-/predict and to /echo (same JSON/base64 decode and encode, no model): req/s, p50, p99. Also the
-in-process forward pass per item, and server RSS before/after 10 000 requests. Loopback only;
-every loop is bounded in count and time. Writes benchmarks/results/serve_load.{json,md}.
+/predict and to /echo (same JSON/base64 decode and encode, no model): req/s, p50, p99. At the same
+load, the same image through the Open Inference Protocol: /v2 infer in JSON, /v2 infer with the
+binary tensor extension, and gRPC ModelInfer (raw_input_contents), each as a ratio to /echo (the
+HTTP ceiling). Also the in-process forward pass per item, and server RSS before/after 10 000
+requests. Loopback only; every loop is bounded in count and time. Writes
+benchmarks/results/serve_load.{json,md} with the command, commit and date.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -41,31 +46,25 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def load(url: str, body: bytes, n: int, concurrency: int, max_seconds: float) -> dict[str, float]:
-    assert url.startswith("http://127.0.0.1")
+async def drive(call: Callable[[], Awaitable[bool]], n: int, concurrency: int, max_seconds: float) -> dict[str, float]:
+    """``n`` calls from ``concurrency`` workers (stopping at ``max_seconds``); ``call`` says if it succeeded."""
     lat: list[float] = []
     errors = 0
     it = iter(range(n))
     deadline = time.perf_counter() + max_seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
 
-        async def worker() -> None:
-            nonlocal errors
-            for _ in it:
-                if time.perf_counter() > deadline:
-                    return
-                t0 = time.perf_counter()
-                try:
-                    r = await client.post(url, content=body, headers={"content-type": "application/json"})
-                    errors += r.status_code != 200
-                except httpx.HTTPError:
-                    errors += 1
-                lat.append(time.perf_counter() - t0)
+    async def worker() -> None:
+        nonlocal errors
+        for _ in it:
+            if time.perf_counter() > deadline:
+                return
+            t0 = time.perf_counter()
+            errors += not await call()
+            lat.append(time.perf_counter() - t0)
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*[worker() for _ in range(concurrency)])
-        elapsed = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    elapsed = time.perf_counter() - t0
     lat.sort()
 
     def q(p: float) -> float:
@@ -75,20 +74,85 @@ async def load(url: str, body: bytes, n: int, concurrency: int, max_seconds: flo
             "p99_ms": round(q(0.99), 2), "errors": errors}  # fmt: skip
 
 
+async def load(
+    url: str, body: bytes, n: int, concurrency: int, max_seconds: float, headers: dict[str, str] | None = None
+) -> dict[str, float]:
+    assert url.startswith("http://127.0.0.1")
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+
+        async def call() -> bool:
+            try:
+                r = await client.post(url, content=body, headers=headers or {"content-type": "application/json"})
+                return r.status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        return await drive(call, n, concurrency, max_seconds)
+
+
+async def grpc_load(target: str, request: Any, n: int, concurrency: int, max_seconds: float) -> dict[str, float]:
+    """ModelInfer calls over one HTTP/2 channel (gRPC multiplexes the concurrent calls)."""
+    import grpc
+
+    from eir_serve.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    assert target.startswith("127.0.0.1:")
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        async def call() -> bool:
+            try:
+                await stub.ModelInfer(request, timeout=60)
+                return True
+            except grpc.aio.AioRpcError:
+                return False
+
+        return await drive(call, n, concurrency, max_seconds)
+
+
+def protocol_requests(name: str, img: np.ndarray) -> tuple[bytes, tuple[bytes, dict[str, str]], Any]:
+    """The same one-image request as /v2 JSON, /v2 binary (Inference-Header-Content-Length) and gRPC."""
+    from eir_serve.grpc import grpc_predict_v2_pb2 as pb
+
+    shape = [1, *img.shape]
+    tensor = {"name": "mnist", "shape": shape, "datatype": "UINT8"}
+    as_json = json.dumps({"inputs": [{**tensor, "data": img.reshape(-1).tolist()}]}).encode()
+    header = json.dumps({
+        "inputs": [{**tensor, "parameters": {"binary_data_size": img.nbytes}}],
+        "outputs": [{"name": "mnist_output", "parameters": {"binary_data": True}}],
+    }).encode()  # fmt: skip
+    binary = (header + img.tobytes(), {"Inference-Header-Content-Length": str(len(header)),
+                                       "content-type": "application/octet-stream"})  # fmt: skip
+    grpc_request = pb.ModelInferRequest(model_name=name, raw_input_contents=[img.tobytes()])
+    grpc_request.inputs.add(name="mnist", datatype="UINT8", shape=shape)
+    return as_json, binary, grpc_request
+
+
+def git_commit() -> str:
+    r = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    return r.stdout.strip() or "unknown"
+
+
 def _ms(text: str) -> float:
     value, unit = float(text[:-2] if text.endswith(("us", "ms")) else text[:-1]), text[-2:]
     return value / 1000 if unit == "us" else value if unit == "ms" else value * 1000
 
 
-def wrk_load(url: str, body_file: Path, concurrency: int, seconds: int) -> dict[str, float] | None:
+def wrk_load(
+    url: str, body_file: Path, concurrency: int, seconds: int, headers: dict[str, str] | None = None
+) -> dict[str, float] | None:
     """The same load from `wrk` (C, one thread), when installed: a client that is not the bottleneck."""
     if shutil.which("wrk") is None:
         return None
     assert url.startswith("http://127.0.0.1")
     script = body_file.with_suffix(".lua")
+    set_headers = "".join(
+        f'wrk.headers["{k}"] = "{v}"\n' for k, v in (headers or {"Content-Type": "application/json"}).items()
+    )
     script.write_text(
         f'local f = io.open("{body_file}", "rb")\nwrk.method = "POST"\nwrk.body = f:read("*a")\nf:close()\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
+        + set_headers
     )
     out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script), url],
                          capture_output=True, text=True, timeout=seconds + 30).stdout  # fmt: skip
@@ -100,6 +164,12 @@ def wrk_load(url: str, body_file: Path, concurrency: int, seconds: int) -> dict[
         return None
     return {"req_per_s": float(rps.group(1)), "p50_ms": round(_ms(p50.group(1)), 2),
             "p99_ms": round(_ms(p99.group(1)), 2), "errors": int(non2xx.group(1)) if non2xx else 0}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def train_bundle(tmp: Path) -> Path:
@@ -131,14 +201,12 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = a.model_path or train_bundle(Path(tmp))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port, grpc_port = free_port(), free_port()
         base = f"http://127.0.0.1:{port}"
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "eir_serve.cli", "--model-path", str(model), "--port",
-                                 str(port), "--enable-echo", "--log-level", "warning", "--max-queue", "4096"],
-                                env={**os.environ, "EIR_SERVE_DEVICE": "cpu"})  # fmt: skip
+                                 str(port), "--grpc-port", str(grpc_port), "--enable-echo", "--log-level", "warning",
+                                 "--max-queue", "4096"], env={**os.environ, "EIR_SERVE_DEVICE": "cpu"})  # fmt: skip
         try:
             while True:
                 try:
@@ -154,19 +222,37 @@ def main() -> None:
             shape, dtype = info["inputs"]["mnist"]["shape"], info["inputs"]["mnist"]["dtype"]
             img = (np.random.default_rng(0).random(shape) * 255).astype(np.dtype(dtype))
             body = json.dumps([{"mnist": base64.b64encode(img.tobytes()).decode()}]).encode()
+            v2_url = f"{base}/v2/models/{info['model']['name']}/infer"
+            v2_json, (v2_binary, binary_headers), grpc_request = protocol_requests(info["model"]["name"], img)
+            grpc_target = f"127.0.0.1:{grpc_port}"
             asyncio.run(load(f"{base}/predict", body, 200, 8, 10))  # warm-up
-            body_file = Path(tmp) / "body.json"
+            asyncio.run(grpc_load(grpc_target, grpc_request, 200, 8, 10))
+            body_file, v2_json_file, v2_binary_file = (Path(tmp) / f for f in ("body.json", "v2.json", "v2.bin"))
             body_file.write_bytes(body)
+            v2_json_file.write_bytes(v2_json)
+            v2_binary_file.write_bytes(v2_binary)
             rows = []
             for c in (1, 8, 32, 64):
                 p = asyncio.run(load(f"{base}/predict", body, a.n, c, a.max_seconds))
                 e = asyncio.run(load(f"{base}/echo", body, a.n, c, a.max_seconds))
+                v2j = asyncio.run(load(v2_url, v2_json, a.n, c, a.max_seconds))
+                v2b = asyncio.run(load(v2_url, v2_binary, a.n, c, a.max_seconds, binary_headers))
+                g = asyncio.run(grpc_load(grpc_target, grpc_request, a.n, c, a.max_seconds))
                 row = {"concurrency": c, "predict": p, "echo": e,
-                       "ratio_predict_over_echo": round(p["req_per_s"] / e["req_per_s"], 2)}  # fmt: skip
+                       "ratio_predict_over_echo": round(p["req_per_s"] / e["req_per_s"], 2),
+                       "v2_json": v2j, "v2_binary": v2b, "grpc": g,
+                       "ratio_over_echo": {k: round(v["req_per_s"] / e["req_per_s"], 2) for k, v in
+                                           (("v2_json", v2j), ("v2_binary", v2b), ("grpc", g))}}  # fmt: skip
                 wp = wrk_load(f"{base}/predict", body_file, c, a.wrk_seconds)
                 we = wrk_load(f"{base}/echo", body_file, c, a.wrk_seconds)
                 if wp and we:
                     row.update(wrk_predict=wp, wrk_echo=we, wrk_ratio=round(wp["req_per_s"] / we["req_per_s"], 2))
+                    wj = wrk_load(v2_url, v2_json_file, c, a.wrk_seconds)
+                    wb = wrk_load(v2_url, v2_binary_file, c, a.wrk_seconds, binary_headers)
+                    if wj and wb:
+                        row.update(wrk_v2_json=wj, wrk_v2_binary=wb, wrk_ratio_over_echo={
+                            "v2_json": round(wj["req_per_s"] / we["req_per_s"], 2),
+                            "v2_binary": round(wb["req_per_s"] / we["req_per_s"], 2)})  # fmt: skip
                 rows.append(row)
             rss_before = rss_mb(proc.pid)
             soak = asyncio.run(load(f"{base}/predict", body, a.soak, 32, 120))
@@ -186,7 +272,10 @@ def main() -> None:
             for _ in range(50):
                 pred.predict(items, list(range(n)))
             forward[f"batch_{n}_ms_per_item"] = round((time.perf_counter() - t) / 50 / n * 1000, 3)
+    command = "python benchmarks/serve_load.py " + " ".join(sys.argv[1:])
     result = {
+        "command": command.strip(),
+        "commit": git_commit(),
         "ready_s": round(ready_s, 2),
         "rows": rows,
         "soak": soak,
@@ -198,6 +287,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "serve_load.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# eirserve load ({result['date']}, 8x8 tutorial model, one image per request, loopback)", "",
+             f"`{result['command']}` at commit {result['commit']}, {os.cpu_count()} CPUs shared with other work.", "",
              f"Ready {ready_s:.2f} s after start. In-process forward: {forward['batch_1_ms_per_item']} ms/item alone, "
              f"{forward['batch_64_ms_per_item']} ms/item in a batch of 64.", "",
              "| concurrency | /predict req/s | p50 ms | p99 ms | /echo req/s | p50 ms | p99 ms | predict/echo | err |",
@@ -216,6 +306,27 @@ def main() -> None:
             p, e = r["wrk_predict"], r["wrk_echo"]
             lines.append(f"| {r['concurrency']} | {p['req_per_s']} | {p['p50_ms']} | {p['p99_ms']} | "
                          f"{e['req_per_s']} | {e['p50_ms']} | {e['p99_ms']} | {r['wrk_ratio']} |")  # fmt: skip
+    lines += ["", "The Open Inference Protocol at the same load (the same image, the same httpx/grpc.aio client "
+              "process; ratio = req/s over /echo's req/s in the table above):", "",
+              "| concurrency | route | req/s | p50 ms | p99 ms | ratio to /echo | err |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    routes = (("predict", "/predict (EIR JSON, base64)"), ("v2_json", "/v2 infer, JSON"),
+              ("v2_binary", "/v2 infer, binary tensors"), ("grpc", "gRPC ModelInfer (raw)"))  # fmt: skip
+    for r in rows:
+        for key, label in routes:
+            m = r[key]
+            ratio = r["ratio_predict_over_echo"] if key == "predict" else r["ratio_over_echo"][key]
+            lines.append(f"| {r['concurrency']} | {label} | {m['req_per_s']} | {m['p50_ms']} | {m['p99_ms']} | "
+                         f"{ratio} | {m['errors']} |")  # fmt: skip
+    if all("wrk_v2_json" in r for r in rows):
+        lines += ["", "The protocol's HTTP routes with `wrk` as the client (no C gRPC load tool here):", "",
+                  "| concurrency | route | req/s | p50 ms | p99 ms | ratio to /echo (wrk) | err |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in rows:
+            for key, label in (("v2_json", "/v2 infer, JSON"), ("v2_binary", "/v2 infer, binary tensors")):
+                m = r[f"wrk_{key}"]
+                lines.append(f"| {r['concurrency']} | {label} | {m['req_per_s']} | {m['p50_ms']} | {m['p99_ms']} | "
+                             f"{r['wrk_ratio_over_echo'][key]} | {m['errors']} |")  # fmt: skip
     lines += ["", f"Soak: {soak['sent']} requests, concurrency 32, {soak['req_per_s']} req/s, {soak['errors']} errors; "
               f"server RSS {rss_before:.0f} MB before, {rss_after:.0f} MB after."]  # fmt: skip
     (RESULTS / "serve_load.md").write_text("\n".join(lines) + "\n")

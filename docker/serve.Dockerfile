@@ -12,7 +12,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 # Dependencies first (cached layer), code after.
 RUN pip install "${TORCH_SPEC}" ${TORCH_INDEX_URL:+--index-url ${TORCH_INDEX_URL}} \
  && pip install "numpy>=1.26" "safetensors>=0.4" "pydantic>=2.6" "pyyaml>=6.0" \
-      "fastapi>=0.110" "uvicorn>=0.29" "pydantic-settings>=2.2" "prometheus-client>=0.20"
+      "fastapi>=0.110" "uvicorn>=0.29" "pydantic-settings>=2.2" "prometheus-client>=0.20" \
+      "grpcio>=1.81.1" "protobuf>=6.33.5,<7"
 
 COPY packages/core /src/packages/core
 COPY services/serve /src/services/serve
@@ -20,8 +21,9 @@ RUN pip install --no-deps /src/packages/core /src/services/serve && rm -rf /src 
  && useradd --create-home --uid 10001 eir && mkdir /models && chown eir /models
 
 USER eir
-ENV EIR_SERVE_HOST=0.0.0.0 EIR_SERVE_PORT=8000 EIR_SERVE_DEVICE=auto EIR_SERVE_MODEL_PATH=/models
-EXPOSE 8000
+ENV EIR_SERVE_HOST=0.0.0.0 EIR_SERVE_PORT=8000 EIR_SERVE_GRPC_PORT=8001 EIR_SERVE_DEVICE=auto EIR_SERVE_MODEL_PATH=/models
+# HTTP (EIR's /predict, the Open Inference Protocol under /v2) and gRPC (the protocol's GRPCInferenceService)
+EXPOSE 8000 8001
 HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=5 \
   CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"EIR_SERVE_PORT\"]}/ready', timeout=2)"
 ENTRYPOINT ["eirserve"]

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 project=eirsmoke$$
 port=${SMOKE_PORT:-18000}
 export EIR_SERVE_PORT=$port
+export EIR_SERVE_GRPC_PORT=${SMOKE_GRPC_PORT:-$((port + 1))}  # compose publishes gRPC here
 dc() { docker compose -p "$project" "$@"; }
 fail() { echo "docker smoke: FAILED: $*" >&2; dc logs --no-color >&2 || true; dc down -v >/dev/null 2>&1 || true; exit 1; }
 trap 'fail "interrupted"' INT TERM

@@ -20,6 +20,8 @@ def test_compose_trains_once_then_serves_with_healthcheck() -> None:
     assert serve["restart"] == "on-failure"
     assert "/ready" in " ".join(serve["healthcheck"]["test"])
     assert any(str(p).endswith(":8000") for p in serve["ports"])
+    assert any(str(p).endswith(":8001") for p in serve["ports"])  # gRPC
+    assert any(str(p).endswith(":8001") for p in c["services"]["serve-gpu"]["ports"])
     assert "models:/models" in train["volumes"] and "models:/models:ro" in serve["volumes"]
     assert serve["read_only"] is True
     assert "models" in c["volumes"]
@@ -32,6 +34,7 @@ def test_serve_image_is_non_root_with_healthcheck_and_no_training_extra() -> Non
     text = (ROOT / "docker" / "serve.Dockerfile").read_text()
     assert text.startswith("#") and "FROM python:3.11-slim" in text
     assert "USER eir" in text and "HEALTHCHECK" in text and 'ENTRYPOINT ["eirserve"]' in text
+    assert "EXPOSE 8000 8001" in text and "EIR_SERVE_GRPC_PORT=8001" in text and '"grpcio>=' in text
     assert "[train]" not in text and "matplotlib" not in text and "scikit-learn" not in text
     assert text.index('pip install "${TORCH_SPEC}"') < text.index("COPY packages/core")  # deps cached first
     assert "USER eir" in (ROOT / "docker" / "train.Dockerfile").read_text()

@@ -37,8 +37,10 @@ if ! command -v eirserve >/dev/null; then
   echo "eirserve is not installed (pip install -e services/serve); stopping after training." >&2
   exit 0
 fi
-port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-eirserve --model-path "$run" --host 127.0.0.1 --port "$port" --log-level warning &
+free_port() { python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+grpc_port=$(free_port)  # gRPC's default 8001 may be taken on a shared machine
+eirserve --model-path "$run" --host 127.0.0.1 --port "$port" --grpc-port "$grpc_port" --log-level warning &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 python demo_client.py --url "http://127.0.0.1:$port" --data "$data" --kind "$kind"

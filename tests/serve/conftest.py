@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +9,10 @@ from fastapi.testclient import TestClient
 
 from eir_serve.app import create_app
 from eir_serve.settings import Settings
+
+# Apps and eirserve processes in tests serve no gRPC unless a test asks for a port: the default,
+# 8001, would collide between tests (and with anything else on this machine).
+os.environ["EIR_SERVE_GRPC_PORT"] = "0"
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from eir_serve.errors import (
     unhandled_error_handler,
     validation_error_handler,
 )
+from eir_serve.grpc.server import grpc_service
 from eir_serve.metrics import Metrics, MetricsMiddleware
 from eir_serve.modelpath import resolve_model_path
 from eir_serve.routes import eir, ops, v2, web
@@ -63,10 +64,12 @@ def create_app(settings: Settings) -> FastAPI:
         service = await asyncio.to_thread(load)
         service.batcher.start()
         app.state.service = service
-        app.state.ready = True
-        log.info("serving %s on %s", bundle_path, service.predictor.device)
         try:
-            yield
+            async with grpc_service(app.state, settings, metrics):  # settings.grpc_port 0: no gRPC
+                app.state.ready = True
+                log.info("serving %s on %s", bundle_path, service.predictor.device)
+                yield
+                app.state.ready = False  # gRPC drains its calls while reporting not ready
         finally:
             app.state.ready = False
             await asyncio.to_thread(service.batcher.stop)

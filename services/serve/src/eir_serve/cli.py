@@ -23,6 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model-path", "--model_path", type=Path, help="a .safetensors bundle or a run folder")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--grpc-port", type=int, help="gRPC (Open Inference Protocol) port, default 8001; 0 turns it off")
     p.add_argument("--device", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--max-batch-size", type=int)
     p.add_argument("--batch-timeout-ms", type=float)
@@ -52,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from eir_serve.app import create_app
 
         resolve_device(settings.device)
+        if settings.grpc_port:
+            from eir_serve.grpc.server import check_port_free
+
+            check_port_free(settings.host, settings.grpc_port)
         app = create_app(settings)
     except (EirError, ValueError) as e:
         print(f"eirserve: error: {e}", file=sys.stderr)

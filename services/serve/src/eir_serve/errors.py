@@ -2,6 +2,9 @@
 
 {"error": {"code": "invalid_input", "message": "...",
            "details": [{"item": 0, "field": "mnist", "message": "..."}]}}
+
+except under /v2, where the Open Inference Protocol's error object is the answer:
+{"error": "<message>"}, and a bad request is a 400 (not a 422).
 """
 
 from __future__ import annotations
@@ -41,8 +44,23 @@ def error_body(code: str, message: str, details: list[dict[str, Any]]) -> dict[s
     return {"error": {"code": code, "message": message, "details": details}}
 
 
+V2_PREFIX = "/v2"
+
+
+def is_protocol_path(request: Request) -> bool:
+    path = request.url.path
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
+def protocol_error(message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The Open Inference Protocol's error answer; its 'bad request' is 400."""
+    return JSONResponse({"error": message}, status_code=400 if status == 422 else status, headers=headers)
+
+
 async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
+    if is_protocol_path(request):
+        return protocol_error(exc.message, exc.status, exc.headers)
     return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status, headers=exc.headers)
 
 
@@ -55,11 +73,15 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
         field = ".".join(str(p) for p in loc if not isinstance(p, int)) or None
         details.append({"item": item, "field": field, "message": str(e.get("msg"))})
     msg = "; ".join(f"{d['field'] or 'request'}: {d['message']}" for d in details)
+    if is_protocol_path(request):
+        return protocol_error(msg, 422)
     return JSONResponse(error_body("invalid_input", msg, details), status_code=422)
 
 
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if is_protocol_path(request):
+        return protocol_error(str(exc.detail), exc.status_code, getattr(exc, "headers", None))
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return JSONResponse(
         error_body(code, str(exc.detail), []), status_code=exc.status_code, headers=getattr(exc, "headers", None)
@@ -67,4 +89,6 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    if is_protocol_path(request):
+        return protocol_error("the server failed; see its log", 500)
     return JSONResponse(error_body("internal_error", "the server failed; see its log", []), status_code=500)

@@ -21,8 +21,8 @@ from eir_serve.metrics import Metrics
 from eir_serve.settings import Settings
 
 
-async def read_json_body(request: Request, limit: int) -> Any:
-    """The request's JSON, refusing bodies over ``limit`` bytes (413) and non-JSON (422)."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refusing bodies over ``limit`` bytes (413)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "body_too_large", f"request body of {declared} bytes is over the limit of {limit}")
@@ -35,8 +35,14 @@ async def read_json_body(request: Request, limit: int) -> Any:
             chunks.append(chunk)
     except ClientDisconnect:  # the client went away mid-body: nobody will read an answer
         raise ApiError(400, "client_disconnected", "the client closed the connection before the body ended") from None
+    return b"".join(chunks)
+
+
+async def read_json_body(request: Request, limit: int) -> Any:
+    """The request's JSON, refusing bodies over ``limit`` bytes (413) and non-JSON (422)."""
+    body = await read_body(request, limit)
     try:
-        return json.loads(b"".join(chunks))
+        return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise item_error(None, "body", f"not valid JSON ({e})") from None
 

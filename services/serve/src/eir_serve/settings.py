@@ -14,6 +14,9 @@ class Settings(BaseSettings):
     model_path: Path
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="the Open Inference Protocol over gRPC (8001 like Triton); 0 turns it off"
+    )
     device: str = "auto"
     max_batch_size: int = Field(64, ge=1, description="items run in one forward pass at most")
     batch_timeout_ms: float = Field(

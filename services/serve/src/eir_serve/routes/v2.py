@@ -1,170 +1,264 @@
-"""Open Inference Protocol (KServe V2), JSON form, so KServe and Triton-style clients work.
+"""Open Inference Protocol (KServe V2) over HTTP: health, metadata, infer; every model route in
+its unversioned and ``/versions/{version}`` form; JSON and the binary tensor data extension.
 
-Array inputs are tensors named as the input, shape ``[N, *shape]``, datatype of the training
-dtype (FP32 is accepted too) and ``data`` flat or nested. A tabular column is a BYTES tensor
-named ``<input>.<column>`` of shape ``[N]``. Outputs are FP32 tensors ``[N, *shape]``.
-``parameters.seed`` seeds the noise of imputed inputs.
+Binary extension: the body is a JSON header of ``Inference-Header-Content-Length`` bytes, then the
+raw bytes of each input that has ``parameters.binary_data_size`` (in input order; BYTES elements
+each a 4-byte little-endian length and the bytes). Outputs asked for with
+``parameters.binary_data: true`` (or every output, with the request parameter
+``binary_data_output: true``) come back the same way. Tensors are described in protocol.py;
+errors under /v2 are ``{"error": "<message>"}`` (errors.py).
 """
 
 from __future__ import annotations
 
+import json
+import zlib
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 
+from eir_serve import __version__, protocol
 from eir_serve.deps import ServiceDep
-from eir_serve.errors import ApiError, item_error
-from eir_serve.service import ModelService, read_json_body
+from eir_serve.errors import ApiError
+from eir_serve.protocol import RequestTensor, TensorSpec, bad
+from eir_serve.schemas.v2 import (
+    ErrorResponse,
+    InferRequest,
+    InferResponse,
+    InferTensor,
+    LiveResponse,
+    ModelMetadataResponse,
+    ReadyResponse,
+    ServerMetadataResponse,
+    TensorMetadata,
+)
+from eir_serve.service import ModelService, read_body
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
-
-DTYPES = {
-    "|u1": "UINT8",
-    "|i1": "INT8",
-    "<u2": "UINT16",
-    "<i2": "INT16",
-    "<i4": "INT32",
-    "<i8": "INT64",
-    "<f2": "FP16",
-    "<f4": "FP32",
-    "<f8": "FP64",
-    "|b1": "BOOL",
+HEADER_LENGTH = "Inference-Header-Content-Length"
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "bad request (the message names the tensor)"},
+    404: {"model": ErrorResponse, "description": "unknown model or version"},
+    413: {"model": ErrorResponse, "description": "body or batch too large"},
+    503: {"model": ErrorResponse, "description": "not ready, or queue full"},
 }
-NUMPY = {v: np.dtype(k) for k, v in DTYPES.items()}
 
 
-def _model(service: ModelService, name: str) -> None:
-    if name != service.predictor.manifest.get("run_name"):
-        raise ApiError(
-            404, "not_found", f"no model {name!r}; this server has {service.predictor.manifest.get('run_name')!r}"
-        )
+@router.get("", response_model=ServerMetadataResponse, description="Server name, version and protocol extensions.")
+async def server_metadata() -> ServerMetadataResponse:
+    return ServerMetadataResponse(name="eirserve", version=__version__, extensions=protocol.EXTENSIONS)
 
 
-@router.get("")
-async def server_metadata(request: Request) -> dict[str, Any]:
-    from eir_serve import __version__
-
-    return {"name": "eirserve", "version": __version__, "extensions": []}
+@router.get("/health/live", response_model=LiveResponse)
+async def live() -> LiveResponse:
+    return LiveResponse(live=True)
 
 
-@router.get("/health/live")
-async def live() -> dict[str, bool]:
-    return {"live": True}
-
-
-@router.get("/health/ready")
-async def v2_ready(request: Request) -> Any:
-    from fastapi.responses import JSONResponse
-
+@router.get("/health/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+async def v2_ready(request: Request) -> JSONResponse:
     ok = bool(getattr(request.app.state, "ready", False))
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
-@router.get("/models/{name}")
-async def model_metadata(name: str, service: ServiceDep) -> dict[str, Any]:
-    _model(service, name)
-    inputs = []
-    for n, e in service.inputs.items():
-        if e["type"] == "array":
-            inputs.append({"name": n, "datatype": DTYPES.get(e["dtype"], "FP32"), "shape": [-1, *e["shape"]]})
+def model_metadata(service: ModelService, name: str, version: str | None) -> ModelMetadataResponse:
+    protocol.check_model(service, name, version)
+
+    def meta(specs: dict[str, TensorSpec]) -> list[TensorMetadata]:
+        return [TensorMetadata(name=s.name, datatype=s.datatype, shape=s.metadata_shape) for s in specs.values()]
+
+    return ModelMetadataResponse(
+        name=name,
+        versions=[protocol.VERSION],
+        platform=protocol.PLATFORM,
+        inputs=meta(protocol.input_specs(service)),
+        outputs=meta(protocol.output_specs(service)),
+    )
+
+
+def _both_forms(method: str, tail: str, endpoint: Callable[..., Coroutine[Any, Any, Any]], **kwargs: Any) -> None:
+    """Register ``/models/{name}<tail>`` and ``/models/{name}/versions/{version}<tail>``."""
+
+    async def unversioned(name: str, request: Request, service: ServiceDep) -> Any:
+        return await endpoint(service, name, None, request)
+
+    async def versioned(name: str, version: str, request: Request, service: ServiceDep) -> Any:
+        return await endpoint(service, name, version, request)
+
+    base = endpoint.__name__.strip("_")
+    router.add_api_route(
+        f"/models/{{name}}{tail}", unversioned, methods=[method], name=f"model_{base}", responses=ERRORS, **kwargs
+    )
+    router.add_api_route(
+        f"/models/{{name}}/versions/{{version}}{tail}",
+        versioned,
+        methods=[method],
+        name=f"model_{base}_version",
+        responses=ERRORS,
+        **kwargs,
+    )
+
+
+async def _metadata(service: ModelService, name: str, version: str | None, request: Request) -> ModelMetadataResponse:
+    return model_metadata(service, name, version)
+
+
+async def _ready(service: ModelService, name: str, version: str | None, request: Request) -> ReadyResponse:
+    protocol.check_model(service, name, version)
+    return ReadyResponse(ready=True)
+
+
+async def _infer(service: ModelService, name: str, version: str | None, request: Request) -> Response:
+    protocol.check_model(service, name, version)
+    limit = service.settings.max_body_bytes
+    body = _decompress(await read_body(request, limit), request.headers.get("content-encoding"), limit)
+    header, binary = _split(body, request.headers.get(HEADER_LENGTH))
+    try:
+        req = InferRequest.model_validate_json(header)
+    except ValidationError as e:
+        raise bad(_describe(e)) from None
+    params = req.parameters or {}
+    seed = protocol.parse_seed(params.get("seed"))
+    outputs = protocol.requested_outputs(service, [o.name for o in req.outputs or []])
+    binary_out = _binary_outputs(req, outputs, params.get("binary_data_output", False))
+    items = protocol.decode_inputs(service, _request_tensors(req.inputs, binary))
+    arrays = await protocol.infer(service, items, seed, outputs)
+    return _answer(name, req.id, arrays, binary_out)
+
+
+def _describe(e: ValidationError) -> str:
+    first = e.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+    more = f" (and {e.error_count() - 1} more problems)" if e.error_count() > 1 else ""
+    return f"{where}: {first.get('msg')}{more}"
+
+
+def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """gzip/deflate bodies (tritonclient's request_compression_algorithm), bounded by ``limit``."""
+    if encoding in (None, "", "identity"):
+        return body
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
+    if wbits is None:
+        raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r}: use gzip, deflate or none")
+    d = zlib.decompressobj(wbits)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise bad(f"body is not valid {encoding} ({e})") from None
+    if len(out) > limit:
+        raise ApiError(413, "body_too_large", f"decompressed body is over the limit of {limit} bytes")
+    return out
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    if header_length is None:
+        return body, b""
+    if not header_length.strip().isdigit() or int(header_length) > len(body):
+        raise bad(f"{HEADER_LENGTH} {header_length!r}: expected the JSON header's size, at most {len(body)} bytes")
+    n = int(header_length)
+    return body[:n], body[n:]
+
+
+def _request_tensors(inputs: Sequence[InferTensor], binary: bytes) -> list[RequestTensor]:
+    tensors, offset = [], 0
+    for t in inputs:
+        size = (t.parameters or {}).get("binary_data_size")
+        if size is None:
+            if t.data is None:
+                raise bad(f"input {t.name!r}: no 'data' and no 'binary_data_size' parameter")
+            tensors.append(RequestTensor(t.name, t.datatype, t.shape, t.data, protocol.from_json))
+            continue
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise bad(f"input {t.name!r}: binary_data_size must be a non-negative integer, got {size!r}")
+        if t.data is not None:
+            raise bad(f"input {t.name!r}: give either 'data' or 'binary_data_size', not both")
+        chunk = binary[offset : offset + size]
+        if len(chunk) != size:
+            raise bad(f"input {t.name!r}: binary_data_size {size}, but only {len(chunk)} bytes follow the header")
+        offset += size
+        tensors.append(RequestTensor(t.name, t.datatype, t.shape, chunk, protocol.from_raw))
+    if offset != len(binary):
+        raise bad(f"{len(binary) - offset} bytes after the JSON header belong to no input (binary_data_size)")
+    return tensors
+
+
+def _binary_outputs(req: InferRequest, outputs: list[TensorSpec], all_binary: Any) -> dict[str, bool]:
+    if not isinstance(all_binary, bool):
+        raise bad(f"parameter 'binary_data_output': expected true or false, got {all_binary!r}")
+    binary = {o.name: all_binary for o in outputs}
+    for o in req.outputs or []:
+        params = o.parameters or {}
+        if "classification" in params:
+            raise bad(f"output {o.name!r}: the classification extension is not supported")
+        flag = params.get("binary_data", all_binary)
+        if not isinstance(flag, bool):
+            raise bad(f"output {o.name!r}: parameter 'binary_data' must be true or false, got {flag!r}")
+        binary[o.name] = flag
+    return binary
+
+
+def _answer(name: str, request_id: str | None, arrays: dict[str, np.ndarray], binary: dict[str, bool]) -> Response:
+    outputs, raws = [], []
+    for out_name, arr in arrays.items():
+        tensor: dict[str, Any] = {"name": out_name, "datatype": "FP32", "shape": list(arr.shape)}
+        if binary[out_name]:
+            raw = protocol.to_raw(arr, "FP32")
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            raws.append(raw)
         else:
-            inputs += [{"name": f"{n}.{c}", "datatype": "BYTES", "shape": [-1]} for c in e["cat_columns"]]
-            inputs += [{"name": f"{n}.{c}", "datatype": "FP32", "shape": [-1]} for c in e["con_columns"]]
-    outputs = [{"name": n, "datatype": "FP32", "shape": [-1, *e["shape"]]} for n, e in service.outputs.items()]
-    return {"name": name, "versions": ["1"], "platform": "pytorch_eir", "inputs": inputs, "outputs": outputs}
+            tensor["data"] = arr.reshape(-1).tolist()
+        outputs.append(tensor)
+    answer: dict[str, Any] = {"model_name": name, "model_version": protocol.VERSION, "outputs": outputs}
+    if request_id is not None:
+        answer["id"] = request_id
+    if not raws:
+        return JSONResponse(answer)
+    header = json.dumps(answer, separators=(",", ":")).encode()
+    return Response(
+        header + b"".join(raws), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(header))}
+    )
 
 
-@router.get("/models/{name}/ready")
-async def model_ready(name: str, service: ServiceDep) -> dict[str, bool]:
-    _model(service, name)
-    return {"ready": True}
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its ``$defs`` inlined (for a requestBody in openapi_extra)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)  # type: ignore[no-any-return]
 
 
-@router.post("/models/{name}/infer")
-async def infer(name: str, request: Request, service: ServiceDep) -> dict[str, Any]:
-    _model(service, name)
-    body = await read_json_body(request, service.settings.max_body_bytes)
-    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
-        raise item_error(None, "inputs", "expected an object with a non-empty 'inputs' list of tensors")
-    items, n = _items_from_tensors(service, body["inputs"])
-    for i, item in enumerate(items):
-        service.check(i, item)
-    params = body.get("parameters") or {}
-    seed = params.get("seed") if isinstance(params, dict) else None
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-        raise item_error(None, "parameters.seed", "expected a non-negative integer")
-    results = await service.run(items, seed)
-    outputs = []
-    for out_name, e in service.outputs.items():
-        data = np.stack([r[out_name] for r in results]).astype(np.float32)
-        outputs.append(
-            {"name": out_name, "datatype": "FP32", "shape": [n, *e["shape"]], "data": data.reshape(-1).tolist()}
-        )
-    resp: dict[str, Any] = {"model_name": name, "model_version": "1", "outputs": outputs}
-    if isinstance(body.get("id"), str):
-        resp["id"] = body["id"]
-    return resp
-
-
-def _items_from_tensors(service: ModelService, tensors: list[Any]) -> tuple[list[dict[str, Any]], int]:
-    n: int | None = None
-    columns: dict[str, dict[str, list[Any]]] = {}
-    arrays: dict[str, np.ndarray] = {}
-    for k, t in enumerate(tensors):
-        field = f"inputs[{k}]"
-        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
-            raise item_error(None, field, "each tensor needs a name, shape, datatype and data")
-        tname, shape, dtype, data = t["name"], t.get("shape"), t.get("datatype"), t.get("data")
-        if not isinstance(shape, list) or not shape or not all(isinstance(s, int) and s >= 0 for s in shape):
-            raise item_error(None, f"{tname}.shape", "expected a list of non-negative integers")
-        if n is None:
-            n = shape[0]
-        elif shape[0] != n:
-            raise item_error(None, f"{tname}.shape", f"batch size {shape[0]} differs from {n}")
-        base, _, col = tname.partition(".")
-        entry = service.inputs.get(base)
-        if entry is None:
-            raise item_error(None, tname, f"unknown input; inputs are: {', '.join(service.inputs)}")
-        flat = np.asarray(data, dtype=object).reshape(-1) if isinstance(data, list) else None
-        if flat is None:
-            raise item_error(None, f"{tname}.data", "expected a list")
-        if entry["type"] == "array":
-            want = int(np.prod(shape))
-            if shape[1:] != entry["shape"] and int(np.prod(shape[1:])) != int(np.prod(entry["shape"])):
-                raise item_error(None, f"{tname}.shape", f"expected [N, {', '.join(map(str, entry['shape']))}]")
-            if dtype not in NUMPY:
-                raise item_error(None, f"{tname}.datatype", f"unknown datatype {dtype!r}")
-            if flat.size != want:
-                raise item_error(None, f"{tname}.data", f"expected {want} values for shape {shape}, got {flat.size}")
-            try:
-                arr = np.asarray(flat.tolist(), dtype=NUMPY[dtype])
-            except (TypeError, ValueError, OverflowError):
-                raise item_error(None, f"{tname}.data", f"values are not {dtype}") from None
-            arrays[base] = arr.reshape(shape[0], *entry["shape"])
-        else:
-            if col not in [*entry["cat_columns"], *entry["con_columns"]]:
-                raise item_error(
-                    None,
-                    tname,
-                    f"name a column as {base}.<column>; columns: "
-                    f"{', '.join([*entry['cat_columns'], *entry['con_columns']])}",
-                )
-            if flat.size != shape[0]:
-                raise item_error(None, f"{tname}.data", f"expected {shape[0]} values")
-            columns.setdefault(base, {})[col] = flat.tolist()
-    assert n is not None
-    if n < 1 or n > service.settings.max_items_per_request:
-        raise ApiError(
-            413 if n else 422,
-            "too_many_items" if n else "invalid_input",
-            f"batch size {n}; allowed 1..{service.settings.max_items_per_request}",
-        )
-    items: list[dict[str, Any]] = [{} for _ in range(n)]
-    for base, arr in arrays.items():
-        for i in range(n):
-            items[i][base] = arr[i]
-    for base, cols in columns.items():
-        for i in range(n):
-            items[i][base] = {c: v[i] for c, v in cols.items()}
-    return items, n
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _inline_refs(InferRequest.model_json_schema())},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": f"binary tensor data extension: a JSON InferRequest of {HEADER_LENGTH} bytes, "
+                "then the raw bytes of each input that has parameters.binary_data_size",
+            },
+        },
+    }
+}
+_both_forms("GET", "", _metadata, response_model=ModelMetadataResponse, description="Inputs and outputs as tensors.")
+_both_forms("GET", "/ready", _ready, response_model=ReadyResponse, description="200 once the model is ready.")
+_both_forms(
+    "POST",
+    "/infer",
+    _infer,
+    response_model=InferResponse,
+    openapi_extra=INFER_BODY,
+    description=(__doc__ or "").split("\n\n")[1],
+)

@@ -1,0 +1,1 @@
+"""Pydantic models of the HTTP payloads; ``/docs`` is generated from them."""
