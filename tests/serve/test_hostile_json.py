@@ -82,6 +82,11 @@ def test_what_is_refused_is_named() -> None:
     assert "too large for a double" in message(b"[1e999]")
     assert "does not fit in 64 bits" in message(b"[18446744073709551616]")
     assert "number too large" in message(b"[" + b"9" * 10_000 + b"]")
+    # Long lists of numbers are checked as a whole (min/max); one bad value anywhere is still found.
+    assert "64 bits" in message(b"[" + b"1, " * 1000 + b"18446744073709551616]")
+    assert "64 bits" in message(b"[[1, 2], [3, -9223372036854775809]]")
+    assert "too large for a double" in message(b'[1, "a", 1e999]')
+    assert "too large for a double" in message(b"[1.5, [1e999]]")
     # What is allowed stays allowed: 64-bit extremes, big finite doubles, a real surrogate pair.
     assert parse_json(b"[18446744073709551615, -9223372036854775808, 1e308]") == [2**64 - 1, -(2**63), 1e308]
     assert parse_json(b'["\\ud83d\\ude00"]') == ["\U0001f600"]

@@ -64,7 +64,8 @@ def _check_numbers(value: Any) -> None:
         v = stack.pop()
         t = type(v)
         if t is list:
-            stack.extend(v)
+            if not _numbers_in_range(v):
+                stack.extend(v)
         elif t is dict:
             stack.extend(v.values())
         elif t is float:
@@ -72,6 +73,18 @@ def _check_numbers(value: Any) -> None:
                 raise item_error(None, "body", "not valid JSON (a number is too large for a double)")
         elif t is int and not INT_MIN <= v <= INT_MAX:
             raise item_error(None, "body", "not valid JSON (an integer does not fit in 64 bits)")
+
+
+def _numbers_in_range(values: list[Any]) -> bool:
+    """True for a list of numbers all within the int64/uint64 range (so finite), found by min and
+    max in C: V2's JSON tensors are long lists of numbers. False: look at each element."""
+    if not values or type(values[0]) not in (int, float):
+        return False
+    try:
+        lo, hi = min(values), max(values)
+    except TypeError:  # not numbers only
+        return False
+    return type(lo) in (int, float) and type(hi) in (int, float) and INT_MIN <= lo and hi <= INT_MAX
 
 
 async def read_json_body(request: Request, limit: int) -> Any:

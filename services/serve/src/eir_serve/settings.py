@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,8 +26,3 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="a prediction that takes longer gets 504")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     enable_echo: bool = Field(False, description="POST /echo: the same decode/encode work without the model")
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _lower(cls, v: object) -> object:
-        return v.lower() if isinstance(v, str) else v
