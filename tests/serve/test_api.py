@@ -213,6 +213,26 @@ def test_openapi_example_works(client: TestClient) -> None:
     assert client.post("/predict", json=body["examples"]["this model"]["value"]).status_code == 200
 
 
+def test_docs_are_generated_from_the_schemas(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    predict = spec["paths"]["/predict"]["post"]
+    assert predict["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PredictRequest"
+    }
+    ok = predict["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/PredictResponse"}
+    bad = predict["responses"]["422"]["content"]["application/json"]["schema"]
+    assert bad == {"$ref": "#/components/schemas/ErrorResponse"}
+    assert schemas["PredictRequest"]["type"] == "array" and schemas["PredictRequest"]["minItems"] == 1
+    info = spec["paths"]["/info"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert info == {"$ref": "#/components/schemas/InfoResponse"}
+    assert set(schemas["InfoResponse"]["properties"]) == {"inputs", "outputs", "model"}
+    assert {"ArrayInputInfo", "TabularInputInfo", "ArrayOutputInfo", "ModelInfo"} <= set(schemas)
+    echo = spec["paths"]["/echo"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert echo == {"$ref": "#/components/schemas/PredictRequest"}
+
+
 def test_echo_does_the_same_codec_work(client: TestClient, digits_dir: Path) -> None:
     r = client.post("/echo", json=[{"mnist": b64(image(digits_dir))}])
     assert r.status_code == 200 and len(base64.b64decode(r.json()["result"][0]["mnist_output"])) == 256

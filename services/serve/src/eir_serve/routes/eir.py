@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Query
 
 from eir_serve.body import JsonBodyRoute
 from eir_serve.deps import ServiceDep
-from eir_serve.schemas.eir import InfoResponse, PredictRequest, PredictResponse
+from eir_serve.schemas.eir import ErrorResponse, InfoResponse, PredictRequest, PredictResponse
 
 PREDICT_DOC = """A JSON **list** of items, each an object keyed by input name (EIR's payload):
 
@@ -27,10 +27,10 @@ un-normalized (pixel scale). Every problem is a 4xx with
 `{"error": {"code", "message", "details": [{"item", "field", "message"}]}}`."""
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    422: {"description": "bad input: the message and details name the item and field"},
-    413: {"description": "body or item count too large"},
-    503: {"description": "queue full or not ready"},
-    504: {"description": "timeout"},
+    422: {"model": ErrorResponse, "description": "bad input: the message and details name the item and field"},
+    413: {"model": ErrorResponse, "description": "body or item count too large"},
+    503: {"model": ErrorResponse, "description": "queue full or not ready"},
+    504: {"model": ErrorResponse, "description": "timeout"},
 }
 
 

@@ -64,6 +64,24 @@ class PredictResponse(BaseModel):
     )
 
 
+class ErrorDetail(BaseModel):
+    item: int | None = Field(description="index of the item in the request's list, null: the request as a whole")
+    field: str | None = Field(description="input name, input.column, or body / a parameter")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="invalid_input, body_too_large, too_many_items, overloaded, timeout, ...")
+    message: str
+    details: list[ErrorDetail]
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer of these routes (see errors.py)."""
+
+    error: ErrorBody
+
+
 class ArrayInputInfo(BaseModel):
     type: Literal["array"] = "array"
     shape: list[int]
