@@ -118,13 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eirserve: error: {where}: {first['msg']}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
-    try:  # first, so that a busy port is refused before the model loads
-        sock = bind(settings.host, settings.port)
-    except OSError as e:
-        print(f"eirserve: error: {_bind_error(settings.host, settings.port, e)}", file=sys.stderr)
-        return 2
-    port = int(sock.getsockname()[1])
-    try:
+    try:  # cheap checks: the device, the bundle's manifest (the model itself loads in the lifespan)
         import uvicorn
 
         from eir_core.predict import resolve_device
@@ -133,9 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolve_device(settings.device)
         app = create_app(settings)
     except (EirError, ValueError) as e:
-        sock.close()
         print(f"eirserve: error: {e}", file=sys.stderr)
         return 2
+    try:  # before the model loads: a busy port is refused in a moment, not after the warm-up
+        sock = bind(settings.host, settings.port)
+    except OSError as e:
+        print(f"eirserve: error: {_bind_error(settings.host, settings.port, e)}", file=sys.stderr)
+        return 2
+    port = int(sock.getsockname()[1])
     log.info("listening on http://%s:%d (answers once the model is loaded)", settings.host, port)
     # log_config=None: uvicorn's loggers go through the root handler above, in the same format.
     config = uvicorn.Config(
