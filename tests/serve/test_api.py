@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from eir_core.predict import Predictor
+from eir_serve.app import create_app
+from eir_serve.settings import Settings
 
 
 def b64(a: np.ndarray) -> str:
@@ -115,12 +119,36 @@ def test_missing_required_input_and_category_errors(client: TestClient, cond_cli
     assert r.status_code == 422
     d = r.json()["error"]["details"][0]
     assert d["field"] == "mnist_label.CLASS" and "allowed: 0, 1, 2" in d["message"]
-    r = cond_client.post("/predict", json=[{"mnist_label": {"CLASS": 5}}])
-    assert r.status_code == 422 and "strings" in r.json()["error"]["message"]
+    r = cond_client.post("/predict", json=[{"mnist_label": {"CLASS": 12}}])  # the integer form of an unknown one
+    assert r.status_code == 422 and "unknown category '12'" in r.json()["error"]["message"]
+    for wrong in (5.0, True, [5]):
+        r = cond_client.post("/predict", json=[{"mnist_label": {"CLASS": wrong}}])
+        assert r.status_code == 422, wrong
+        d = r.json()["error"]["details"][0]
+        assert d["field"] == "mnist_label.CLASS" and "expected a category string" in d["message"]
     r = cond_client.post("/predict", json=[{"mnist_label": "5"}])
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "mnist_label"
     r = cond_client.post("/predict", json=[{"mnist_label": {"KLASS": "5"}}])
     assert r.status_code == 422 and "unknown column" in r.json()["error"]["message"]
+
+
+def test_integer_categories_as_eir_clients_send_them(cond_client: TestClient) -> None:
+    as_int = cond_client.post("/predict?seed=3", json=[{"mnist_label": {"CLASS": 5}}, {"mnist_label": {"CLASS": 0}}])
+    as_str = cond_client.post(
+        "/predict?seed=3", json=[{"mnist_label": {"CLASS": "5"}}, {"mnist_label": {"CLASS": "0"}}]
+    )
+    assert as_int.status_code == 200, as_int.text
+    assert as_int.json() == as_str.json()
+
+
+def test_float64_bytes_for_a_uint8_input_are_named(client: TestClient, digits_dir: Path) -> None:
+    img = image(digits_dir).astype(np.float64)  # what np.load of a float image, or img / 1.0, gives
+    r = client.post("/predict", json=[{"mnist": b64(img)}])
+    assert r.status_code == 422
+    d = r.json()["error"]["details"][0]
+    assert d["field"] == "mnist" and "8 bytes per value: did you send float64?" in d["message"]
+    r = client.post("/predict", json=[{"mnist": b64(img.astype(np.float32))}])
+    assert r.status_code == 422 and "did you send float32?" in r.json()["error"]["message"]
 
 
 def test_nan_in_float_input_is_refused(tiny_bundle: Path) -> None:
@@ -130,20 +158,43 @@ def test_nan_in_float_input_is_refused(tiny_bundle: Path) -> None:
         decode_array(b64(np.array([np.nan, 1.0], "<f4")), "<f4", (2,))
 
 
-def test_concurrent_requests_are_batched_and_equal_to_single(cond_client: TestClient) -> None:
-    items = [{"mnist_label": {"CLASS": str(d % 10)}} for d in range(24)]
-    single = [cond_client.post(f"/predict?seed={100 + i}", json=[it]).json()["result"][0] for i, it in enumerate(items)]
-    with ThreadPoolExecutor(8) as pool:
-        futs = [pool.submit(cond_client.post, f"/predict?seed={100 + i}", json=[it]) for i, it in enumerate(items)]
-        concurrent = [f.result().json()["result"][0] for f in futs]
-    for got, want in zip(concurrent, single):
-        np.testing.assert_allclose(decode(got["mnist_output"]), decode(want["mnist_output"]), rtol=1e-4, atol=1e-3)
-    metrics = cond_client.get("/metrics").text
-    assert "eir_batch_size_count" in metrics
-    # Some forward pass ran more than one item.
-    sums = [line for line in metrics.splitlines() if line.startswith("eir_batch_size_bucket") and 'le="1.0"' in line]
-    count = [line for line in metrics.splitlines() if line.startswith("eir_batch_size_count")]
-    assert float(sums[0].split()[-1]) < float(count[0].split()[-1])
+def test_concurrent_requests_are_batched_and_equal_to_single(tiny_conditional_bundle: Path) -> None:
+    """A fresh app whose first forward pass is held until 7 more one-item requests wait: those 7
+    then run as ONE forward pass (items of different requests), answering as they would alone."""
+    app = create_app(Settings(model_path=tiny_conditional_bundle, device="cpu", max_batch_size=16))
+    items = [{"mnist_label": {"CLASS": str(d)}} for d in range(8)]
+    with TestClient(app) as client:
+        single = [client.post(f"/predict?seed={100 + i}", json=[it]).json() for i, it in enumerate(items)]
+        service = app.state.service
+        real, gate, sizes = service.predictor.predict, threading.Event(), []
+
+        def held(batch, seeds):  # type: ignore[no-untyped-def]
+            sizes.append(len(batch))
+            if len(sizes) == 1:
+                assert gate.wait(30), "the other requests never queued"
+            return real(batch, seeds)
+
+        service.predictor.predict = held
+
+        async def scenario() -> list[dict]:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+                first = asyncio.create_task(c.post("/predict?seed=100", json=[items[0]]))
+                while not sizes:  # the first request's forward pass has started (and is held)
+                    await asyncio.sleep(0.005)
+                rest = [asyncio.create_task(c.post(f"/predict?seed={100 + i}", json=[items[i]])) for i in range(1, 8)]
+                while service.batcher.queue_depth < 7:  # all seven wait behind it
+                    await asyncio.sleep(0.005)
+                gate.set()
+                return [(await t).json() for t in [first, *rest]]
+
+        concurrent = asyncio.run(scenario())
+        service.predictor.predict = real
+    assert sizes == [1, 7]
+    for got, want in zip(concurrent, single, strict=True):
+        np.testing.assert_allclose(
+            decode(got["result"][0]["mnist_output"]), decode(want["result"][0]["mnist_output"]), rtol=1e-4, atol=1e-3
+        )
 
 
 def test_ops_endpoints(client: TestClient) -> None:
@@ -158,8 +209,28 @@ def test_ops_endpoints(client: TestClient) -> None:
 
 def test_openapi_example_works(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
-    example = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["example"]
-    assert client.post("/predict", json=example).status_code == 200
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert client.post("/predict", json=body["examples"]["this model"]["value"]).status_code == 200
+
+
+def test_docs_are_generated_from_the_schemas(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    predict = spec["paths"]["/predict"]["post"]
+    assert predict["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PredictRequest"
+    }
+    ok = predict["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/PredictResponse"}
+    bad = predict["responses"]["422"]["content"]["application/json"]["schema"]
+    assert bad == {"$ref": "#/components/schemas/ErrorResponse"}
+    assert schemas["PredictRequest"]["type"] == "array" and schemas["PredictRequest"]["minItems"] == 1
+    info = spec["paths"]["/info"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert info == {"$ref": "#/components/schemas/InfoResponse"}
+    assert set(schemas["InfoResponse"]["properties"]) == {"inputs", "outputs", "model"}
+    assert {"ArrayInputInfo", "TabularInputInfo", "ArrayOutputInfo", "ModelInfo"} <= set(schemas)
+    echo = spec["paths"]["/echo"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert echo == {"$ref": "#/components/schemas/PredictRequest"}
 
 
 def test_echo_does_the_same_codec_work(client: TestClient, digits_dir: Path) -> None:

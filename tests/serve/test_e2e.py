@@ -1,15 +1,15 @@
-"""A real `eirserve` process on a loopback ephemeral port, real concurrent clients."""
+"""A real `eirserve` process on a loopback port it picks itself, real concurrent clients."""
 
 from __future__ import annotations
 
 import base64
 import os
 import pickle
+import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,52 +17,18 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.serve.realserver import EIRSERVE, eirserve
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-EIRSERVE = [sys.executable, "-m", "eir_serve.cli"]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], deadline_s: float = 60) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < deadline_s:
-        if proc.poll() is not None:
-            raise AssertionError(f"eirserve exited early: {proc.stderr.read().decode() if proc.stderr else ''}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                return time.monotonic() - t0
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)  # poll interval, not a wait for readiness
-    raise AssertionError("eirserve did not become ready")
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+ \S")
 
 
 def test_real_server_batches_concurrent_clients_and_stops_on_sigterm(
     tiny_conditional_bundle: Path, digits_dir: Path
 ) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [
-            *EIRSERVE,
-            "--model-path",
-            str(tiny_conditional_bundle),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--batch-timeout-ms",
-            "5",
-        ],
-        stderr=subprocess.PIPE,
-        env={**os.environ, "EIR_SERVE_DEVICE": "cpu"},
-    )
-    try:
-        wait_ready(url, proc)
+    with eirserve(tiny_conditional_bundle, "--batch-timeout-ms", "5") as server:
+        url = server.url
         img = np.load(digits_dir / "mnist_npy" / "10003.npy")
         payload = [{"mnist": base64.b64encode(img.tobytes()).decode(), "mnist_label": {"CLASS": "3"}}]
 
@@ -79,12 +45,27 @@ def test_real_server_batches_concurrent_clients_and_stops_on_sigterm(
         count = float(next(x for x in metrics.splitlines() if x.startswith("eir_batch_size_count")).split()[-1])
         assert count < 64  # fewer forward passes than requests: batching happened
         assert 'eir_requests_total{route="/predict",status="200"} 64.0' in metrics
-    finally:
-        proc.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status reports it.
-        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        assert "Traceback" not in err, err
+        assert server.stop() in (0, -signal.SIGTERM)
+    err = server.stderr
+    assert "Traceback" not in err, err
+    # One log format: ours and uvicorn's (startup, access, shutdown) lines alike.
+    assert "uvicorn.access" in err and "Shutting down" in err and "eir_serve" in err
+    odd = [line for line in err.splitlines() if not LOG_LINE.match(line)]
+    assert odd == [], odd
+
+
+def test_busy_port_is_refused_before_the_model_loads(tiny_bundle: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        r = subprocess.run([*EIRSERVE, "--model-path", str(tiny_bundle), "--port", port, "--log-level", "info"],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    # One line, and nothing logged before it: not "serving ..." (after loading), not even "listening".
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("eirserve: error: --port "), r.stderr
+    assert f"127.0.0.1:{port} is already in use" in r.stderr and "another --port" in r.stderr
 
 
 def test_cli_refuses_bad_model_paths(tmp_path: Path) -> None:
@@ -112,36 +93,24 @@ def test_cli_refuses_bad_model_paths(tmp_path: Path) -> None:
     assert r.returncode == 2 and "EIR_SERVE_MODEL_PATH" in r.stderr
 
 
-EIR_EXAMPLE = (
-    Path(__file__).resolve().parents[3] / "shared" / "anchors" / "eir_tutorial" / "python_request_example_module.py"
-)
+EIR_REQUEST_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "client" / "eir_request_example.py"
 
 
-def test_eirs_own_request_example_works_unchanged_but_paths(
-    tiny_bundle: Path, digits_dir: Path, tmp_path: Path
-) -> None:
-    """EIR's tutorial client (from ../shared, not copied here), with only its data path and URL changed."""
-    assert EIR_EXAMPLE.is_file(), f"{EIR_EXAMPLE} is missing: CI runs with ../shared beside the repository"
-    port = free_port()
-    source = EIR_EXAMPLE.read_text()
-    assert (
-        "localhost:8000" in source and "eir_tutorials/d_array_output/01_array_mnist_generation/data/mnist_npy" in source
-    )
-    script = tmp_path / "client.py"
-    script.write_text(
-        source.replace("localhost:8000", f"127.0.0.1:{port}").replace(
-            "eir_tutorials/d_array_output/01_array_mnist_generation/data/mnist_npy", str(digits_dir / "mnist_npy")
+def test_an_eir_tutorial_style_client_works_unchanged(tiny_bundle: Path, digits_dir: Path) -> None:
+    """The request EIR's tutorial client makes (base64 of np.load(...).tobytes() in a JSON list,
+    posted with requests; the answer read as base64 float32), run as a user runs it."""
+    npy = digits_dir / "mnist_npy" / "10001.npy"
+    with eirserve(tiny_bundle) as server:
+        r = subprocess.run(
+            [sys.executable, str(EIR_REQUEST_EXAMPLE), "--url", f"{server.url}/predict", "--npy", str(npy)],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
-    )
-    proc = subprocess.Popen(
-        [*EIRSERVE, "--model-path", str(tiny_bundle), "--port", str(port), "--log-level", "warning"],
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", proc)
-        r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-        assert r.stdout.startswith("{'result': [{'mnist_output': '")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        assert r.stdout.startswith("mnist_output: 64 float32 values, mean "), r.stdout
+        bad = subprocess.run(
+            [sys.executable, str(EIR_REQUEST_EXAMPLE), "--url", f"{server.url}/predict", "--npy", str(npy),
+             "--input-name", "mnist_typo"], capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert bad.returncode != 0 and "422" in bad.stderr  # raise_for_status sees the 4xx

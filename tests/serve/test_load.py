@@ -7,8 +7,6 @@ import asyncio
 import base64
 import json
 import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.serve.test_e2e import EIRSERVE, free_port, wait_ready
+from tests.serve.realserver import eirserve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 SECONDS = float(os.environ.get("EIR_LOAD_SECONDS", "9"))
@@ -28,12 +26,8 @@ def rss_mb(pid: int) -> float:
 
 
 def test_concurrency_64_no_errors_flat_memory(tiny_bundle: Path, digits_dir: Path) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([*EIRSERVE, "--model-path", str(tiny_bundle), "--port", str(port), "--log-level", "warning",
-                             "--max-queue", "256"], stderr=subprocess.PIPE)  # fmt: skip
-    try:
-        wait_ready(url, proc)
+    with eirserve(tiny_bundle, "--max-queue", "256") as server:
+        url, pid = server.url, server.proc.pid
         img = np.load(digits_dir / "mnist_npy" / "10001.npy")
         body = json.dumps([{"mnist": base64.b64encode(img.tobytes()).decode()}]).encode()
         thirds: list[list[float]] = [[], [], []]
@@ -60,7 +54,7 @@ def test_concurrency_64_no_errors_flat_memory(tiny_bundle: Path, digits_dir: Pat
                 async def sampler() -> None:
                     while time.monotonic() - start < SECONDS:
                         third = min(2, int(3 * (time.monotonic() - start) / SECONDS))
-                        thirds[third].append(rss_mb(proc.pid))
+                        thirds[third].append(rss_mb(pid))
                         m = (await client.get("/metrics")).text
                         depths.append(
                             float(next(x for x in m.splitlines() if x.startswith("eir_queue_depth ")).split()[1])
@@ -78,6 +72,3 @@ def test_concurrency_64_no_errors_flat_memory(tiny_bundle: Path, digits_dir: Pat
                           "max_queue_depth": max(depths)}))  # fmt: skip
         assert (last - first) / first < 0.10, (first, last)
         assert max(depths) <= 256
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)

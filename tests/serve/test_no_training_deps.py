@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 CODE = """
-import sys
+import base64, sys
 # As if the training-only libraries were not installed: importing any of them fails.
 for name in ("matplotlib", "sklearn", "tqdm", "pytorch_optimizer"):
     sys.modules[name] = None
@@ -16,7 +16,9 @@ from eir_serve.app import create_app
 from eir_serve.settings import Settings
 with TestClient(create_app(Settings(model_path=sys.argv[1], device="cpu"))) as c:
     assert c.get("/ready").status_code == 200
-    assert c.post("/predict", json=[{"mnist": "A" * 88}]).status_code in (200, 422)
+    r = c.post("/predict", json=[{"mnist": base64.b64encode(bytes(64)).decode()}])  # an all-black 8x8 image
+    assert r.status_code == 200, r.text
+    assert len(base64.b64decode(r.json()["result"][0]["mnist_output"])) == 64 * 4
 print("SERVED")
 """
 

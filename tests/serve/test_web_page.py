@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from tests.serve.test_e2e import EIRSERVE, free_port, wait_ready
+from tests.serve.realserver import eirserve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -20,25 +19,29 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--no-first-run", "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
+def chromium() -> str:
+    """Debian's Chromium. Skipped only where it cannot be installed (no apt-get, or no rights to
+    use it); where it could be, its absence is a failure that says how to install it."""
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    if shutil.which("apt-get") is None:
+        pytest.skip(f"no Chromium at {CHROMIUM}, and no apt-get on this machine to install Debian's chromium")
+    if os.geteuid() != 0 and shutil.which("sudo") is None:
+        pytest.skip(f"no Chromium at {CHROMIUM}, and neither root nor sudo here to install it")
+    pytest.fail(f"{CHROMIUM} is missing: `make browser` (or apt-get install chromium) installs it; `make test` does")
+
+
 @pytest.fixture(scope="module")
 def server(tiny_conditional_bundle: Path) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([*EIRSERVE, "--model-path", str(tiny_conditional_bundle), "--port", str(port),
-                             "--log-level", "warning"], stderr=subprocess.PIPE)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+    with eirserve(tiny_conditional_bundle) as s:
+        yield s.url
 
 
 @pytest.fixture(scope="module")
 def browser_page() -> Iterator[tuple[Page, list[str]]]:
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} missing: `make test` installs Debian's chromium package"
+    executable = chromium()
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = pw.chromium.launch(executable_path=executable, args=FLAGS)
         page = browser.new_page(viewport={"width": 1000, "height": 1100})
         errors: list[str] = []
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

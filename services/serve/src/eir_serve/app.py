@@ -4,14 +4,11 @@ starts the batcher, and only then reports ready; on shutdown the batcher drains 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,22 +27,10 @@ from eir_serve.grpc.server import grpc_service
 from eir_serve.metrics import Metrics, MetricsMiddleware
 from eir_serve.modelpath import resolve_model_path
 from eir_serve.routes import eir, ops, v2, web
-from eir_serve.service import ModelService
+from eir_serve.service import ModelService, example_payload
 from eir_serve.settings import Settings
 
 log = logging.getLogger("eir_serve")
-
-
-def example_payload(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """A working /predict example for this bundle (an all-zero image, the first category)."""
-    item: dict[str, Any] = {}
-    for e in manifest["inputs"]:
-        if e["type"] == "array":
-            raw = np.zeros(e["shape"], dtype=np.dtype(e["dtype"])).tobytes()
-            item[e["name"]] = base64.b64encode(raw).decode()
-        else:
-            item[e["name"]] = {c: v[0] for c, v in e["categories"].items() if v}
-    return [item]
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -90,7 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.include_router(eir.build_router(example_payload(manifest)))
+    app.include_router(eir.build_router(example_payload(manifest["inputs"])))
     app.include_router(v2.router)
     app.include_router(ops.router)
     app.include_router(web.router)

@@ -1,52 +1,124 @@
-"""``eirserve``: serve a bundle (EIR's flags, plus batching and limits)."""
+"""``eirserve``: serve a bundle (EIR's flags, plus batching and limits).
+
+Every field of ``Settings`` is a flag, generated here: ``max_batch_size`` is ``--max-batch-size``
+(and ``--max_batch_size``, as EIR spells ``--model_path``), with the field's description as its
+help; a new field becomes a flag with nothing to add. Values are parsed by ``Settings`` itself,
+so flags and ``EIR_SERVE_*`` variables are checked by the same rules.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import logging
+import socket
 import sys
+import types
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from eir_core.errors import EirError
+from eir_serve.settings import Settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+log = logging.getLogger("eir_serve")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _plain(annotation: Any) -> Any:
+    """``T | None`` -> ``T``; anything else as it is."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"expected JSON, got {text!r}") from None
+
+
+def _add_flag(p: argparse.ArgumentParser, name: str, field: FieldInfo) -> None:
+    kind = _plain(field.annotation)
+    # EIR spells its flags --model_path; both spellings work (booleans: --x / --no-x only).
+    flags = [_flag(name)] + ([f"--{name}"] if "_" in name and kind is not bool else [])
+    env = f"EIR_SERVE_{name.upper()}"
+    default = "required" if field.is_required() else f"default: {field.get_default()}"
+    help_text = f"{field.description or name.replace('_', ' ')} ({default}; env {env})"
+    if kind is bool:
+        p.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    elif get_origin(kind) is Literal:
+        p.add_argument(*flags, dest=name, choices=[str(a) for a in get_args(kind)], help=help_text)
+    elif get_origin(kind) in (list, dict, set, tuple):
+        p.add_argument(*flags, dest=name, type=_json_value, metavar="JSON", help=help_text)
+    else:  # the string as typed; Settings parses it (int, float, Path, secrets, ...)
+        p.add_argument(*flags, dest=name, metavar=name.upper(), help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="eirserve",
         allow_abbrev=False,
         description="Serve an eirtrain bundle over HTTP. Every flag can also be set "
         "as an environment variable EIR_SERVE_<FLAG> (e.g. EIR_SERVE_MODEL_PATH).",
     )
-    p.add_argument("--model-path", "--model_path", type=Path, help="a .safetensors bundle or a run folder")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--grpc-port", type=int, help="gRPC (Open Inference Protocol) port, default 8001; 0 turns it off")
-    p.add_argument("--device", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    p.add_argument("--max-batch-size", type=int)
-    p.add_argument("--batch-timeout-ms", type=float)
-    p.add_argument("--max-queue", type=int)
-    p.add_argument("--max-body-bytes", type=int)
-    p.add_argument("--max-items-per-request", type=int)
-    p.add_argument("--request-timeout-s", type=float)
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    p.add_argument("--enable-echo", action="store_true", default=None, help="add POST /echo (benchmarks)")
-    args = p.parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if v is not None}
-    try:
-        from eir_serve.settings import Settings
+    for name, field in Settings.model_fields.items():
+        _add_flag(p, name, field)
+    return p
 
-        settings = Settings(**given)
+
+def load_settings(argv: Sequence[str] | None) -> Settings:
+    """Flags over ``EIR_SERVE_*`` over defaults; ``ValidationError`` names the field."""
+    given = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
+    return Settings(**given)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening address, taken before the model loads; OSError says why not."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart past TIME_WAIT
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_error(host: str, port: int, e: OSError) -> str:
+    if isinstance(e, socket.gaierror):
+        return f"--host {host}: cannot resolve it ({e.strerror})"
+    if e.errno == errno.EADDRINUSE:
+        return f"--port {port}: {host}:{port} is already in use; stop what listens there or pass another --port"
+    if e.errno == errno.EACCES:
+        return f"--port {port}: permission denied for {host}:{port}; pass a --port of 1024 or more"
+    return f"--host {host} --port {port}: cannot listen there ({e.strerror})"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
     except ValidationError as e:
         first = e.errors()[0]
-        field = ".".join(str(x) for x in first["loc"])
-        hint = " (pass --model-path or set EIR_SERVE_MODEL_PATH)" if field == "model_path" else ""
-        print(f"eirserve: error: {field}: {first['msg']}{hint}", file=sys.stderr)
+        name = str(first["loc"][0]) if first["loc"] else ""
+        where = f"{_flag(name)} (or EIR_SERVE_{name.upper()})" if name in Settings.model_fields else name
+        print(f"eirserve: error: {where}: {first['msg']}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    try:  # cheap checks: the device, the bundle's manifest (the model itself loads in the lifespan)
         import uvicorn
 
         from eir_core.predict import resolve_device
@@ -61,8 +133,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (EirError, ValueError) as e:
         print(f"eirserve: error: {e}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=30)
-    return 0
+    try:  # before the model loads: a busy port is refused in a moment, not after the warm-up
+        sock = bind(settings.host, settings.port)
+    except OSError as e:
+        print(f"eirserve: error: {_bind_error(settings.host, settings.port, e)}", file=sys.stderr)
+        return 2
+    port = int(sock.getsockname()[1])
+    log.info("listening on http://%s:%d (answers once the model is loaded)", settings.host, port)
+    # log_config=None: uvicorn's loggers go through the root handler above, in the same format.
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=port,
+        log_config=None,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    return 0 if server.started else 3
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ import binascii
 
 import numpy as np
 
+# What an array of the right element count but the wrong width most likely was.
+_LIKELY = {1: "uint8", 2: "float16 or int16", 4: "float32", 8: "float64"}
+
 
 class CodecError(ValueError):
     """The value cannot be decoded; the message says why."""
@@ -23,9 +26,14 @@ def decode_array(value: object, dtype: str, shape: tuple[int, ...]) -> np.ndarra
     dt = np.dtype(dtype)
     n = int(np.prod(shape))
     if len(raw) != n * dt.itemsize:
-        raise CodecError(
-            f"expected {n * dt.itemsize} bytes ({n} x {dt.name}, shape {list(shape)}), got {len(raw)} bytes"
-        )
+        message = f"expected {n * dt.itemsize} bytes ({n} x {dt.name}, shape {list(shape)}), got {len(raw)} bytes"
+        per_value, rest = divmod(len(raw), n) if n else (0, 1)
+        if not rest and per_value in _LIKELY:
+            message += (
+                f": {per_value} byte{'s' if per_value > 1 else ''} per value: did you send {_LIKELY[per_value]}? "
+                f"Send arr.astype(np.{dt.name}).tobytes()"
+            )
+        raise CodecError(message)
     arr = np.frombuffer(raw, dtype=dt).reshape(shape)
     if dt.kind == "f" and not np.isfinite(arr).all():
         raise CodecError("contains NaN or infinite values")

@@ -32,11 +32,18 @@ class ApiError(Exception):
         self.headers = headers
 
 
+def where(item: int | None, field: str | None) -> str:
+    """How a message names its place: "item 0, field 'mnist'", or "request"."""
+    text = f"item {item}" if item is not None else "request"
+    return text + (f", field {field!r}" if field else "")
+
+
 def item_error(item: int | None, field: str | None, message: str, status: int = 422) -> ApiError:
-    where = f"item {item}" if item is not None else "request"
-    where += f", field {field!r}" if field else ""
     return ApiError(
-        status, "invalid_input", f"{where}: {message}", [{"item": item, "field": field, "message": message}]
+        status,
+        "invalid_input",
+        f"{where(item, field)}: {message}",
+        [{"item": item, "field": field, "message": message}],
     )
 
 
@@ -65,14 +72,22 @@ async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A declared model's (or parameter's) validation errors, in the one shape: the request body's
+    own errors name field "body", an item's errors its index and input."""
     assert isinstance(exc, RequestValidationError)
-    details = []
+    details: list[dict[str, Any]] = []
+    places = []
     for e in exc.errors():
-        loc = [p for p in e.get("loc", ()) if p not in ("body", "query", "path")]
+        loc = list(e.get("loc", ()))
+        in_body = bool(loc) and loc[0] == "body"
+        loc = [p for p in loc if p not in ("body", "query", "path", "header")]
         item = next((p for p in loc if isinstance(p, int)), None)
         field = ".".join(str(p) for p in loc if not isinstance(p, int)) or None
+        if field is None and item is None and in_body:
+            field = "body"
         details.append({"item": item, "field": field, "message": str(e.get("msg"))})
-    msg = "; ".join(f"{d['field'] or 'request'}: {d['message']}" for d in details)
+        places.append(f"{where(item, field)}: {e.get('msg')}")
+    msg = "; ".join(places)
     if is_protocol_path(request):
         return protocol_error(msg, 422)
     return JSONResponse(error_body("invalid_input", msg, details), status_code=422)

@@ -3,48 +3,48 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from fastapi import Request
-from starlette.requests import ClientDisconnect
 
 from eir_core.data.tabular import NULL
 from eir_core.errors import InputError
 from eir_core.predict import Predictor
 from eir_serve.batcher import Batcher, QueueFull
+from eir_serve.body import read_json_body as read_json_body  # routes import it from here
 from eir_serve.codec import CodecError, decode_array, encode_array
 from eir_serve.errors import ApiError, item_error
 from eir_serve.metrics import Metrics
+from eir_serve.schemas.eir import (
+    ArrayInputInfo,
+    ArrayOutputInfo,
+    InfoResponse,
+    ModelInfo,
+    PredictResponse,
+    TabularInputInfo,
+)
 from eir_serve.settings import Settings
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request's body, refusing bodies over ``limit`` bytes (413)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "body_too_large", f"request body of {declared} bytes is over the limit of {limit}")
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, "body_too_large", f"request body is over the limit of {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:  # the client went away mid-body: nobody will read an answer
-        raise ApiError(400, "client_disconnected", "the client closed the connection before the body ended") from None
-    return b"".join(chunks)
+def dummy_item(inputs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """An item every bundle accepts: zeros for array inputs, a real category for each categorical
+    column (never the missing-value marker, which sorts first for lowercase names). The warm-up
+    predicts it and the OpenAPI example is it, base64-encoded, so the two cannot disagree."""
+    item: dict[str, Any] = {}
+    for e in inputs:
+        if e["type"] == "array":
+            item[e["name"]] = np.zeros(e["shape"], dtype=np.dtype(e["dtype"]))
+        else:
+            real = {c: [v for v in e["categories"][c] if v != NULL] for c in e["cat_columns"]}
+            item[e["name"]] = {c: values[0] for c, values in real.items() if values}
+    return item
 
 
-async def read_json_body(request: Request, limit: int) -> Any:
-    """The request's JSON, refusing bodies over ``limit`` bytes (413) and non-JSON (422)."""
-    body = await read_body(request, limit)
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise item_error(None, "body", f"not valid JSON ({e})") from None
+def example_payload(inputs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``dummy_item`` as a /predict request body."""
+    item = dummy_item(inputs)
+    return [{k: encode_array(v, v.dtype.str) if isinstance(v, np.ndarray) else v for k, v in item.items()}]
 
 
 class ModelService:
@@ -70,13 +70,7 @@ class ModelService:
 
     def warm_up(self) -> None:
         """One forward pass before the service reports ready (allocations, lazy init)."""
-        item: dict[str, Any] = {}
-        for name, e in self.inputs.items():
-            if e["type"] == "array":
-                item[name] = np.zeros(e["shape"], dtype=np.dtype(e["dtype"]))
-            else:
-                item[name] = {c: v[0] for c, v in e["categories"].items() if v and v[0] != NULL}
-        self.predictor.predict([item], [0])
+        self.predictor.predict([dummy_item(self.inputs.values())], [0])
 
     # -------------------------------------------------------------- EIR payload
     def decode_items(self, body: Any) -> list[dict[str, Any]]:
@@ -115,10 +109,29 @@ class ModelService:
         return item
 
     def check(self, index: int, item: dict[str, Any]) -> None:
+        """Raise a 422 naming item and field for the first problem in ``item``. A category given as
+        the integer it spells (EIR clients send ``{"CLASS": 3}``) is turned into its string first."""
+        for name, value in list(item.items()):
+            entry = self.inputs.get(name)
+            if entry is not None and entry["type"] == "tabular" and isinstance(value, dict):
+                item[name] = self._categories_as_strings(index, name, value, entry)
         try:
             self.predictor.check_item(item)
         except InputError as e:
             raise item_error(index, None if e.field == "(item)" else e.field, e.message) from None
+
+    @staticmethod
+    def _categories_as_strings(index: int, name: str, row: dict[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(row)
+        for col in entry["cat_columns"]:
+            v = row.get(col)
+            if isinstance(v, int) and not isinstance(v, bool):
+                out[col] = str(v)
+            elif v is not None and not isinstance(v, str):
+                known = [c for c in entry["categories"][col] if c != NULL]
+                eg = f", e.g. {known[0]!r}" if known else ""
+                raise item_error(index, f"{name}.{col}", f"expected a category string{eg}; got {v!r}")
+        return out
 
     async def run(self, items: list[dict[str, Any]], seed: int | None) -> list[dict[str, np.ndarray]]:
         if seed is None:
@@ -135,35 +148,31 @@ class ModelService:
             raise ApiError(504, "timeout", f"no answer within {self.settings.request_timeout_s}s") from None
 
     @staticmethod
-    def encode(results: list[dict[str, np.ndarray]]) -> dict[str, Any]:
-        return {"result": [{name: encode_array(arr) for name, arr in r.items()} for r in results]}
+    def encode(results: list[dict[str, np.ndarray]]) -> PredictResponse:
+        return PredictResponse(result=[{name: encode_array(arr) for name, arr in r.items()} for r in results])
 
     # -------------------------------------------------------------- /info
-    def info(self) -> dict[str, Any]:
+    def info(self) -> InfoResponse:
         optional = self.predictor.optional_inputs
-        inputs: dict[str, Any] = {}
+        inputs: dict[str, ArrayInputInfo | TabularInputInfo] = {}
         for name, e in self.inputs.items():
             if e["type"] == "array":
-                inputs[name] = {"type": "array", "shape": e["shape"], "dtype": e["dtype"]}
+                inputs[name] = ArrayInputInfo(shape=e["shape"], dtype=e["dtype"], optional=name in optional)
             else:
-                inputs[name] = {
-                    "type": "tabular",
-                    "categorical_columns": {c: [v for v in e["categories"][c] if v != NULL] for c in e["cat_columns"]},
-                    "continuous_columns": e["con_columns"],
-                }
-            inputs[name]["optional"] = name in optional
+                inputs[name] = TabularInputInfo(
+                    categorical_columns={c: [v for v in e["categories"][c] if v != NULL] for c in e["cat_columns"]},
+                    continuous_columns=e["con_columns"],
+                    optional=name in optional,
+                )
         outputs = {
-            name: {"type": "array", "shape": e["shape"], "dtype": "<f4", "source_dtype": e.get("source_dtype")}
+            name: ArrayOutputInfo(shape=e["shape"], source_dtype=e.get("source_dtype"))
             for name, e in self.outputs.items()
         }
         m = self.predictor.manifest
-        return {
-            "inputs": inputs,
-            "outputs": outputs,
-            "model": {
-                "name": m.get("run_name"),
-                "training": m.get("training"),
-                "device": str(self.predictor.device),
-                "eir_core_version": m.get("package_version"),
-            },
-        }
+        model = ModelInfo(
+            name=m.get("run_name"),
+            training=m.get("training"),
+            device=str(self.predictor.device),
+            eir_core_version=m.get("package_version"),
+        )
+        return InfoResponse(inputs=inputs, outputs=outputs, model=model)

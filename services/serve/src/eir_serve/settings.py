@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -11,20 +12,20 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EIR_SERVE_", extra="ignore")
 
-    model_path: Path
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    model_path: Path = Field(description="a .safetensors bundle or a run folder")
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free one, logged at start)")
+    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:N")
     grpc_port: int = Field(
         8001, ge=0, le=65535, description="the Open Inference Protocol over gRPC (8001 like Triton); 0 turns it off"
     )
-    device: str = "auto"
     max_batch_size: int = Field(64, ge=1, description="items run in one forward pass at most")
     batch_timeout_ms: float = Field(
         0.0, ge=0, description="how long the first item of a batch waits for more (0: take what is queued)"
     )
     max_queue: int = Field(1024, ge=1, description="items waiting at most; past that /predict answers 503")
     max_body_bytes: int = Field(8_000_000, ge=1024, description="larger request bodies get 413")
-    max_items_per_request: int = Field(256, ge=1)
+    max_items_per_request: int = Field(256, ge=1, description="larger requests get 413")
     request_timeout_s: float = Field(30.0, gt=0, description="a prediction that takes longer gets 504")
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     enable_echo: bool = Field(False, description="POST /echo: the same decode/encode work without the model")

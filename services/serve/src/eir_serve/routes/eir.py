@@ -1,19 +1,22 @@
-"""EIR's own endpoints: POST /predict and GET /info (payloads as EIR's eirserve has them)."""
+"""EIR's own endpoints: POST /predict and GET /info (payloads as EIR's eirserve has them).
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: FastAPI reads the route parameters' annotations,
+which name a local (the bundle's example) that a string annotation could not resolve."""
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Body, Query
 
+from eir_serve.body import JsonBodyRoute
 from eir_serve.deps import ServiceDep
-from eir_serve.service import read_json_body
+from eir_serve.schemas.eir import ErrorResponse, InfoResponse, PredictRequest, PredictResponse
 
 PREDICT_DOC = """A JSON **list** of items, each an object keyed by input name (EIR's payload):
 
 * array input: base64 of the raw C-order bytes in the training dtype and shape (see `/info`),
   e.g. `base64.b64encode(np.load("10001.npy").tobytes())`;
-* tabular input: `{"CLASS": "5"}` (categories are strings).
+* tabular input: `{"CLASS": "5"}` (categories are strings; the integer a category spells, `5`, is
+  accepted too).
 
 Inputs trained with modality dropout (`"optional": true` in `/info`) may be left out: they are
 imputed with noise, so a label alone generates a digit. `?seed=N` makes that noise
@@ -23,50 +26,30 @@ Answer: `{"result": [{"<output>": "<base64 of raw float32 bytes>"}, ...]}` in re
 un-normalized (pixel scale). Every problem is a 4xx with
 `{"error": {"code", "message", "details": [{"item", "field", "message"}]}}`."""
 
-
-def _predict_openapi(example: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {"type": "object", "additionalProperties": True},
-                    },
-                    "example": example,
-                }
-            },
-        }
-    }
+ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorResponse, "description": "bad input: the message and details name the item and field"},
+    413: {"model": ErrorResponse, "description": "body or item count too large"},
+    503: {"model": ErrorResponse, "description": "queue full or not ready"},
+    504: {"model": ErrorResponse, "description": "timeout"},
+}
 
 
 def build_router(example: list[dict[str, Any]]) -> APIRouter:
-    r = APIRouter(tags=["eir"])
+    """The routes, with ``example`` (a request this bundle accepts) shown in /docs."""
+    r = APIRouter(tags=["eir"], route_class=JsonBodyRoute)
+    examples = {"this model": {"summary": "zeros / the first category of every input", "value": example}}
 
-    @r.post(
-        "/predict",
-        description=PREDICT_DOC,
-        openapi_extra=_predict_openapi(example),
-        responses={
-            422: {"description": "bad input"},
-            413: {"description": "body or item count too large"},
-            503: {"description": "queue full or not ready"},
-            504: {"description": "timeout"},
-        },
-    )
+    @r.post("/predict", description=PREDICT_DOC, responses=ERRORS)
     async def predict(
-        request: Request,
+        items: Annotated[PredictRequest, Body(openapi_examples=examples)],
         service: ServiceDep,
         seed: Annotated[int | None, Query(ge=0, le=2**62, description="noise seed")] = None,
-    ) -> dict[str, Any]:
-        body = await read_json_body(request, service.settings.max_body_bytes)
-        items = service.decode_items(body)
-        return service.encode(await service.run(items, seed))
+    ) -> PredictResponse:
+        decoded = service.decode_items(items.root)
+        return service.encode(await service.run(decoded, seed))
 
     @r.get("/info", description="Inputs and outputs: type, shape, dtype; categories of tabular inputs.")
-    async def info(service: ServiceDep) -> dict[str, Any]:
+    async def info(service: ServiceDep) -> InfoResponse:
         return service.info()
 
     return r

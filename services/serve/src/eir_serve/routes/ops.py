@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from eir_serve.body import JsonBodyRoute
 from eir_serve.deps import ServiceDep
-from eir_serve.service import read_json_body
+from eir_serve.schemas.eir import PredictRequest, PredictResponse
 
 router = APIRouter(tags=["ops"])
 
@@ -32,11 +31,11 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-echo_router = APIRouter(tags=["ops"])
+echo_router = APIRouter(tags=["ops"], route_class=JsonBodyRoute)
 
 
 @echo_router.post("/echo", description="Benchmark aid: /predict's decoding and encoding without the model.")
-async def echo(request: Request, service: ServiceDep) -> dict[str, Any]:
-    items = service.decode_items(await read_json_body(request, service.settings.max_body_bytes))
+async def echo(items: PredictRequest, service: ServiceDep) -> PredictResponse:
+    decoded = service.decode_items(items.root)
     zeros = {name: np.zeros(e["shape"], np.float32) for name, e in service.outputs.items()}
-    return service.encode([zeros for _ in items])
+    return service.encode([zeros for _ in decoded])

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from eir_serve import __version__, protocol
+from eir_serve.body import parse_json, read_body
 from eir_serve.deps import ServiceDep
 from eir_serve.errors import ApiError
 from eir_serve.protocol import RequestTensor, TensorSpec, bad
@@ -36,7 +37,7 @@ from eir_serve.schemas.v2 import (
     ServerMetadataResponse,
     TensorMetadata,
 )
-from eir_serve.service import ModelService, read_body
+from eir_serve.service import ModelService
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -116,8 +117,8 @@ async def _infer(service: ModelService, name: str, version: str | None, request:
     limit = service.settings.max_body_bytes
     body = _decompress(await read_body(request, limit), request.headers.get("content-encoding"), limit)
     header, binary = _split(body, request.headers.get(HEADER_LENGTH))
-    try:
-        req = InferRequest.model_validate_json(header)
+    try:  # the same strict, bounded JSON reader as every other route
+        req = InferRequest.model_validate(parse_json(header))
     except ValidationError as e:
         raise bad(_describe(e)) from None
     params = req.parameters or {}

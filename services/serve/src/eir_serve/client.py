@@ -1,0 +1,169 @@
+"""A Python client for eirserve: numpy arrays and label dicts in, numpy arrays out.
+
+    from eir_serve.client import Client
+    with Client("http://127.0.0.1:8000") as c:
+        out = c.predict([{"mnist": image}, {"mnist_label": {"CLASS": "7"}}], seed=0)
+        out[0]["mnist_output"]  # float32 array shaped as /info says
+
+It reads ``/info`` once (first use), sends each array as base64 of its raw bytes in the
+model's dtype, and raises ``EirServeError`` with the server's message and field for any 4xx/5xx.
+``AsyncClient`` is the same with ``await``. Needs numpy and httpx only (not torch or eir_core).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+import numpy as np
+
+Item = Mapping[str, Any]  # input name -> numpy array (array input) or {column: value} (tabular input)
+
+
+class EirServeError(Exception):
+    """The server answered with an error: ``status``, ``code``, ``message``, and the first problem's
+    ``item`` and ``field`` (``details`` has them all)."""
+
+    def __init__(self, status: int, code: str, message: str, details: list[dict[str, Any]]) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message, self.details = status, code, message, details
+        first = details[0] if details else {}
+        self.item: int | None = first.get("item")
+        self.field: str | None = first.get("field")
+
+    @classmethod
+    def from_response(cls, r: httpx.Response) -> EirServeError:
+        try:
+            err = r.json()["error"]
+            return cls(r.status_code, str(err["code"]), str(err["message"]), list(err.get("details") or []))
+        except (ValueError, KeyError, TypeError):  # not eirserve's error shape (a proxy, say)
+            return cls(r.status_code, "http_error", r.text[:500] or r.reason_phrase, [])
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars in a label dict -> Python values JSON can carry."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class _Codec:
+    """Items -> /predict body and answer -> arrays, for one model's /info."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.info = info
+        self.inputs: dict[str, Any] = info["inputs"]
+        self.outputs: dict[str, Any] = info["outputs"]
+
+    def encode_value(self, name: str, value: Any) -> Any:
+        entry = self.inputs.get(name)
+        if value is None:
+            return None
+        if entry is None:  # not this model's: sent as given, for the server to name
+            return base64.b64encode(value.tobytes()).decode("ascii") if isinstance(value, np.ndarray) else value
+        if entry["type"] == "array":
+            arr = np.asarray(value)
+            dtype = np.dtype(entry["dtype"])
+            with np.errstate(invalid="ignore", over="ignore"):
+                raw = np.ascontiguousarray(arr, dtype=dtype)
+            if arr.dtype != dtype and not np.array_equal(raw, arr):
+                raise ValueError(
+                    f"input {name!r}: the model takes {dtype.name} and these {arr.dtype.name} values do not "
+                    f"convert exactly (e.g. fractions or values out of range); convert them yourself"
+                )
+            return base64.b64encode(raw.tobytes()).decode("ascii")
+        return {col: _plain(v) for col, v in value.items()}
+
+    def body(self, items: Sequence[Item]) -> list[dict[str, Any]]:
+        return [{name: self.encode_value(name, v) for name, v in item.items()} for item in items]
+
+    def decode(self, answer: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+        out: list[dict[str, np.ndarray]] = []
+        for result in answer["result"]:
+            arrays = {}
+            for name, b64 in result.items():
+                e = self.outputs[name]
+                raw = bytearray(base64.b64decode(b64))  # bytearray: the arrays are writable
+                arrays[name] = np.frombuffer(raw, dtype=np.dtype(e["dtype"])).reshape(e["shape"])
+            out.append(arrays)
+        return out
+
+
+def _checked(r: httpx.Response) -> dict[str, Any]:
+    if r.status_code >= 400:
+        raise EirServeError.from_response(r)
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def _params(seed: int | None) -> dict[str, int]:
+    return {} if seed is None else {"seed": seed}
+
+
+class Client:
+    """Synchronous client. ``http``: an httpx.Client of your own (headers, transport, e.g. a
+    FastAPI TestClient); it is then yours to close."""
+
+    def __init__(self, url: str, *, timeout: float = 60.0, http: httpx.Client | None = None) -> None:
+        self.url = url.rstrip("/")
+        self._own = http is None
+        self._http = http if http is not None else httpx.Client(timeout=timeout)
+        self._codec: _Codec | None = None
+
+    def info(self) -> dict[str, Any]:
+        """The model's /info (read once)."""
+        return self._get_codec().info
+
+    def _get_codec(self) -> _Codec:
+        if self._codec is None:
+            self._codec = _Codec(_checked(self._http.get(f"{self.url}/info")))
+        return self._codec
+
+    def predict(self, items: Sequence[Item], seed: int | None = None) -> list[dict[str, np.ndarray]]:
+        """One dict of output arrays per item, in order. ``seed`` makes imputed inputs reproducible."""
+        codec = self._get_codec()
+        r = self._http.post(f"{self.url}/predict", json=codec.body(items), params=_params(seed))
+        return codec.decode(_checked(r))
+
+    def close(self) -> None:
+        if self._own:
+            self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """``Client`` for asyncio: ``await client.predict(...)``."""
+
+    def __init__(self, url: str, *, timeout: float = 60.0, http: httpx.AsyncClient | None = None) -> None:
+        self.url = url.rstrip("/")
+        self._own = http is None
+        self._http = http if http is not None else httpx.AsyncClient(timeout=timeout)
+        self._codec: _Codec | None = None
+
+    async def info(self) -> dict[str, Any]:
+        return (await self._get_codec()).info
+
+    async def _get_codec(self) -> _Codec:
+        if self._codec is None:
+            self._codec = _Codec(_checked(await self._http.get(f"{self.url}/info")))
+        return self._codec
+
+    async def predict(self, items: Sequence[Item], seed: int | None = None) -> list[dict[str, np.ndarray]]:
+        codec = await self._get_codec()
+        r = await self._http.post(f"{self.url}/predict", json=codec.body(items), params=_params(seed))
+        return codec.decode(_checked(r))
+
+    async def aclose(self) -> None:
+        if self._own:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
