@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from eir_core.bundle import read_manifest
+from eir_core.bundle import read_manifest, resolve_bundle_path
 from eir_core.predict import Predictor
 from eir_serve import __version__
 from eir_serve.errors import (
@@ -25,7 +25,6 @@ from eir_serve.errors import (
 )
 from eir_serve.grpc.server import grpc_service
 from eir_serve.metrics import Metrics, MetricsMiddleware
-from eir_serve.modelpath import resolve_model_path
 from eir_serve.routes import eir, ops, v2, web
 from eir_serve.service import ModelService, example_payload
 from eir_serve.settings import Settings
@@ -34,7 +33,7 @@ log = logging.getLogger("eir_serve")
 
 
 def create_app(settings: Settings) -> FastAPI:
-    bundle_path = resolve_model_path(Path(settings.model_path))
+    bundle_path = resolve_bundle_path(Path(settings.model_path))
     manifest = read_manifest(bundle_path)
     metrics = Metrics()
 
@@ -62,7 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="eirserve",
         version=__version__,
-        description=f"Model `{manifest.get('run_name')}` from `{bundle_path.name}`. EIR-compatible `/predict` "
+        description=f"Model `{manifest.run_name}` from `{bundle_path.name}`. EIR-compatible `/predict` "
         "and `/info`, Open Inference Protocol under `/v2`, `/health`, `/ready`, `/metrics`.",
         lifespan=lifespan,
     )
@@ -75,7 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.include_router(eir.build_router(example_payload(manifest["inputs"])))
+    app.include_router(eir.build_router(example_payload(manifest)))
     app.include_router(v2.router)
     app.include_router(ops.router)
     app.include_router(web.router)
@@ -86,4 +85,4 @@ def create_app(settings: Settings) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """For ``uvicorn --factory eir_serve.app:app_from_env`` (settings from EIR_SERVE_*)."""
-    return create_app(Settings())  # type: ignore[call-arg]
+    return create_app(Settings())

@@ -85,9 +85,9 @@ def load_settings(argv: Sequence[str] | None) -> Settings:
 
 def bind(host: str, port: int) -> socket.socket:
     """The listening address, taken before the model loads; OSError says why not."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
+        0
+    ]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart past TIME_WAIT
     try:
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # cheap checks: the device, the bundle's manifest (the model itself loads in the lifespan)
         import uvicorn
 
-        from eir_core.predict import resolve_device
+        from eir_core.device import resolve_device
         from eir_serve.app import create_app
 
         resolve_device(settings.device)

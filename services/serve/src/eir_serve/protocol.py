@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from eir_core.manifest import ArrayInput
 from eir_serve.errors import ApiError
 from eir_serve.service import ModelService
 
@@ -77,22 +78,22 @@ class TensorSpec:
 def input_specs(service: ModelService) -> dict[str, TensorSpec]:
     specs: dict[str, TensorSpec] = {}
     for name, e in service.inputs.items():
-        if e["type"] == "array":
-            specs[name] = TensorSpec(name, datatype_of(e["dtype"]), tuple(e["shape"]), name)
+        if isinstance(e, ArrayInput):
+            specs[name] = TensorSpec(name, datatype_of(e.dtype), e.shape, name)
         else:
-            for c in e["cat_columns"]:
+            for c in e.cat_columns:
                 specs[f"{name}.{c}"] = TensorSpec(f"{name}.{c}", "BYTES", (), name, c)
-            for c in e["con_columns"]:
+            for c in e.con_columns:
                 specs[f"{name}.{c}"] = TensorSpec(f"{name}.{c}", "FP32", (), name, c)
     return specs
 
 
 def output_specs(service: ModelService) -> dict[str, TensorSpec]:
-    return {n: TensorSpec(n, "FP32", tuple(e["shape"]), n) for n, e in service.outputs.items()}
+    return {n: TensorSpec(n, "FP32", o.shape, n) for n, o in service.outputs.items()}
 
 
 def model_name(service: ModelService) -> str:
-    return str(service.predictor.manifest.get("run_name"))
+    return service.predictor.manifest.run_name
 
 
 def check_model(service: ModelService, name: str, version: str | None) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from eir_core.data.tabular import NULL
 from eir_core.errors import InputError
+from eir_core.manifest import ArrayInput, Manifest, TabularInput
 from eir_core.predict import Predictor
 from eir_serve.batcher import Batcher, QueueFull
 from eir_serve.body import read_json_body as read_json_body  # routes import it from here
@@ -17,33 +17,16 @@ from eir_serve.codec import CodecError, decode_array, encode_array
 from eir_serve.errors import ApiError, item_error
 from eir_serve.metrics import Metrics
 from eir_serve.schemas.eir import (
-    ArrayInputInfo,
-    ArrayOutputInfo,
     InfoResponse,
-    ModelInfo,
     PredictResponse,
-    TabularInputInfo,
 )
 from eir_serve.settings import Settings
 
 
-def dummy_item(inputs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """An item every bundle accepts: zeros for array inputs, a real category for each categorical
-    column (never the missing-value marker, which sorts first for lowercase names). The warm-up
-    predicts it and the OpenAPI example is it, base64-encoded, so the two cannot disagree."""
-    item: dict[str, Any] = {}
-    for e in inputs:
-        if e["type"] == "array":
-            item[e["name"]] = np.zeros(e["shape"], dtype=np.dtype(e["dtype"]))
-        else:
-            real = {c: [v for v in e["categories"][c] if v != NULL] for c in e["cat_columns"]}
-            item[e["name"]] = {c: values[0] for c, values in real.items() if values}
-    return item
-
-
-def example_payload(inputs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """``dummy_item`` as a /predict request body."""
-    item = dummy_item(inputs)
+def example_payload(manifest: Manifest) -> list[dict[str, Any]]:
+    """The manifest's dummy item (what the warm-up predicts) as a /predict request body, so the
+    OpenAPI example and the warm-up cannot disagree."""
+    item = manifest.dummy_item()
     return [{k: encode_array(v, v.dtype.str) if isinstance(v, np.ndarray) else v for k, v in item.items()}]
 
 
@@ -70,7 +53,7 @@ class ModelService:
 
     def warm_up(self) -> None:
         """One forward pass before the service reports ready (allocations, lazy init)."""
-        self.predictor.predict([dummy_item(self.inputs.values())], [0])
+        self.predictor.predict([self.predictor.manifest.dummy_item()], [0])
 
     # -------------------------------------------------------------- EIR payload
     def decode_items(self, body: Any) -> list[dict[str, Any]]:
@@ -96,9 +79,9 @@ class ModelService:
                 raise item_error(index, name, f"unknown input; this model's inputs are: {', '.join(self.inputs)}")
             if value is None:
                 continue
-            if entry["type"] == "array":
+            if isinstance(entry, ArrayInput):
                 try:
-                    item[name] = decode_array(value, entry["dtype"], tuple(entry["shape"]))
+                    item[name] = decode_array(value, entry.dtype, entry.shape)
                 except CodecError as e:
                     raise item_error(index, name, str(e)) from None
             else:
@@ -113,7 +96,7 @@ class ModelService:
         the integer it spells (EIR clients send ``{"CLASS": 3}``) is turned into its string first."""
         for name, value in list(item.items()):
             entry = self.inputs.get(name)
-            if entry is not None and entry["type"] == "tabular" and isinstance(value, dict):
+            if isinstance(entry, TabularInput) and isinstance(value, dict):
                 item[name] = self._categories_as_strings(index, name, value, entry)
         try:
             self.predictor.check_item(item)
@@ -121,14 +104,14 @@ class ModelService:
             raise item_error(index, None if e.field == "(item)" else e.field, e.message) from None
 
     @staticmethod
-    def _categories_as_strings(index: int, name: str, row: dict[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
+    def _categories_as_strings(index: int, name: str, row: dict[str, Any], entry: TabularInput) -> dict[str, Any]:
         out = dict(row)
-        for col in entry["cat_columns"]:
+        for col in entry.cat_columns:
             v = row.get(col)
             if isinstance(v, int) and not isinstance(v, bool):
                 out[col] = str(v)
             elif v is not None and not isinstance(v, str):
-                known = [c for c in entry["categories"][col] if c != NULL]
+                known = entry.offered(col)
                 eg = f", e.g. {known[0]!r}" if known else ""
                 raise item_error(index, f"{name}.{col}", f"expected a category string{eg}; got {v!r}")
         return out
@@ -153,26 +136,4 @@ class ModelService:
 
     # -------------------------------------------------------------- /info
     def info(self) -> InfoResponse:
-        optional = self.predictor.optional_inputs
-        inputs: dict[str, ArrayInputInfo | TabularInputInfo] = {}
-        for name, e in self.inputs.items():
-            if e["type"] == "array":
-                inputs[name] = ArrayInputInfo(shape=e["shape"], dtype=e["dtype"], optional=name in optional)
-            else:
-                inputs[name] = TabularInputInfo(
-                    categorical_columns={c: [v for v in e["categories"][c] if v != NULL] for c in e["cat_columns"]},
-                    continuous_columns=e["con_columns"],
-                    optional=name in optional,
-                )
-        outputs = {
-            name: ArrayOutputInfo(shape=e["shape"], source_dtype=e.get("source_dtype"))
-            for name, e in self.outputs.items()
-        }
-        m = self.predictor.manifest
-        model = ModelInfo(
-            name=m.get("run_name"),
-            training=m.get("training"),
-            device=str(self.predictor.device),
-            eir_core_version=m.get("package_version"),
-        )
-        return InfoResponse(inputs=inputs, outputs=outputs, model=model)
+        return InfoResponse.model_validate(self.predictor.manifest.info(str(self.predictor.device)))

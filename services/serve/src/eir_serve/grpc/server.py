@@ -66,7 +66,7 @@ CONTENTS = {
 }
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, state: Any, metrics: Metrics, check_call: CallCheck | None = None) -> None:
         self.state = state  # the app's state: .service and .ready, as the HTTP routes see them
         self.metrics = metrics
@@ -251,7 +251,8 @@ async def grpc_service(
             ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
         ]
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state, metrics, check_call), server)
+    servicer = InferenceServicer(state, metrics, check_call)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]  # protoc output
     address = _address(settings.host, settings.grpc_port)
     try:
         port = server.add_insecure_port(address)

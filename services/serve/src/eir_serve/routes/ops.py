@@ -37,5 +37,5 @@ echo_router = APIRouter(tags=["ops"], route_class=JsonBodyRoute)
 @echo_router.post("/echo", description="Benchmark aid: /predict's decoding and encoding without the model.")
 async def echo(items: PredictRequest, service: ServiceDep) -> PredictResponse:
     decoded = service.decode_items(items.root)
-    zeros = {name: np.zeros(e["shape"], np.float32) for name, e in service.outputs.items()}
+    zeros = {name: np.zeros(o.shape, np.float32) for name, o in service.outputs.items()}
     return service.encode([zeros for _ in decoded])
