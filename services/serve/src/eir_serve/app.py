@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from eir_core.bundle import read_manifest
 from eir_core.predict import Predictor
 from eir_serve import __version__
+from eir_serve.auth import resolve_api_key
 from eir_serve.errors import (
     ApiError,
     api_error_handler,
@@ -29,6 +30,7 @@ from eir_serve.errors import (
 from eir_serve.metrics import Metrics, MetricsMiddleware
 from eir_serve.modelpath import resolve_model_path
 from eir_serve.routes import eir, ops, v2, web
+from eir_serve.server import BodyTimeoutMiddleware, DrainingMiddleware
 from eir_serve.service import ModelService
 from eir_serve.settings import Settings
 
@@ -50,6 +52,7 @@ def example_payload(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 def create_app(settings: Settings) -> FastAPI:
     bundle_path = resolve_model_path(Path(settings.model_path))
     manifest = read_manifest(bundle_path)
+    api_key = resolve_api_key(settings)
     metrics = Metrics()
 
     @asynccontextmanager
@@ -82,11 +85,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.metrics = metrics
     app.state.ready = False
     app.state.service = None
+    app.state.api_key = api_key
+    app.state.draining = False
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
+    app.add_middleware(DrainingMiddleware, state=app.state)
     app.include_router(eir.build_router(example_payload(manifest)))
     app.include_router(v2.router)
     app.include_router(ops.router)

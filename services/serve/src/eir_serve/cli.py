@@ -32,6 +32,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--request-timeout-s", type=float)
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.add_argument("--enable-echo", action="store_true", default=None, help="add POST /echo (benchmarks)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /predict and /v2 infer (prefer the env)")
+    p.add_argument("--api-key-file", type=Path, help="read the API key from this file (e.g. a mounted secret)")
+    p.add_argument("--body-timeout-s", type=float, help="time to receive headers, then body (408 past it)")
+    p.add_argument("--limit-concurrency", type=int, help="open connections + running requests at most (503)")
+    p.add_argument("--keep-alive-s", type=int, help="close idle keep-alive connections after this")
+    p.add_argument("--drain-s", type=float, help="on SIGTERM: not ready but serving this long, then stop")
+    p.add_argument("--graceful-timeout-s", type=int, help="on stop: wait this long for requests in flight")
     args = p.parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None}
     try:
@@ -46,17 +53,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        import uvicorn
-
         from eir_core.predict import resolve_device
         from eir_serve.app import create_app
+        from eir_serve.server import serve
 
         resolve_device(settings.device)
         app = create_app(settings)
     except (EirError, ValueError) as e:
         print(f"eirserve: error: {e}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=30)
+    serve(app, settings)
     return 0
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
+from eir_serve.auth import require_api_key
 from eir_serve.deps import ServiceDep
 from eir_serve.service import read_json_body
 
@@ -55,6 +56,7 @@ def build_router(example: list[dict[str, Any]]) -> APIRouter:
             503: {"description": "queue full or not ready"},
             504: {"description": "timeout"},
         },
+        dependencies=[Depends(require_api_key)],
     )
     async def predict(
         request: Request,

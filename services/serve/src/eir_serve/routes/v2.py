@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
+from eir_serve.auth import require_api_key
 from eir_serve.deps import ServiceDep
 from eir_serve.errors import ApiError, item_error
 from eir_serve.service import ModelService, read_json_body
@@ -81,7 +82,7 @@ async def model_ready(name: str, service: ServiceDep) -> dict[str, bool]:
     return {"ready": True}
 
 
-@router.post("/models/{name}/infer")
+@router.post("/models/{name}/infer", dependencies=[Depends(require_api_key)])
 async def infer(name: str, request: Request, service: ServiceDep) -> dict[str, Any]:
     _model(service, name)
     body = await read_json_body(request, service.settings.max_body_bytes)
