@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train the tutorial model into /models once; a later start finds the bundle and does nothing.
-#   TUTORIAL_RUN=autoencoder|conditional (default autoencoder), SIZE=8|28 (default 8)
+#   TUTORIAL_RUN=autoencoder|conditional (default autoencoder), SIZE=8|28 (default 8),
+#   N_EPOCHS=N (default: the tutorial's; smoke tests train a few epochs)
 set -euo pipefail
 out=${MODELS_DIR:-/models}
 if ls "$out"/saved_models/*.safetensors >/dev/null 2>&1; then
@@ -27,7 +28,8 @@ fi
 # (The run's own folder name, "tutorial", names the checkpoints; a leading dot would hide them.)
 rm -rf "$out/.training"
 eirtrain --global_configs "$conf/globals.yaml" "$@" \
-  "--globals.basic_experiment.output_folder=$out/.training/tutorial" --no-pbar
+  "--globals.basic_experiment.output_folder=$out/.training/tutorial" --no-pbar \
+  ${N_EPOCHS:+"--globals.basic_experiment.n_epochs=$N_EPOCHS"}
 mv "$out/.training/tutorial/saved_models" "$out/saved_models"
 rm -rf "$out/.training"
 echo "trained: $(ls "$out"/saved_models)"
