@@ -104,5 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def app_from_env() -> FastAPI:
-    """For ``uvicorn --factory eir_serve.app:app_from_env`` (settings from EIR_SERVE_*)."""
+    """For ``uvicorn --factory eir_serve.app:app_from_env`` (settings from EIR_SERVE_*). uvicorn's own
+    command line does not add what ``eirserve`` does in ``eir_serve.server``: the header deadline,
+    the connection cap and the drain on SIGTERM."""
     return create_app(Settings())  # type: ignore[call-arg]
