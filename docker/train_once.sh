@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train the tutorial model into /models once; a later start finds the bundle and does nothing.
-#   TUTORIAL_RUN=autoencoder|conditional (default autoencoder), SIZE=8|28 (default 8)
+#   TUTORIAL_RUN=autoencoder|conditional (default autoencoder), SIZE=8|28 (default 8),
+#   N_EPOCHS=N (default: the tutorial's; smoke tests train a few epochs)
 set -euo pipefail
 out=${MODELS_DIR:-/models}
 size=${SIZE:-8}
@@ -36,7 +37,8 @@ fi
 # (The run's own folder name names the checkpoints; a leading dot on it would hide them.)
 rm -rf "$out/.training"
 eirtrain --global_configs "$conf/globals.yaml" "$@" \
-  "--globals.basic_experiment.output_folder=$out/.training/$name" --no-pbar
+  "--globals.basic_experiment.output_folder=$out/.training/$name" --no-pbar \
+  ${N_EPOCHS:+"--globals.basic_experiment.n_epochs=$N_EPOCHS"}
 mv "$out/.training/$name/saved_models" "$out/saved_models"
 rm -rf "$out/.training"
 echo "trained: $(ls "$out"/saved_models)"

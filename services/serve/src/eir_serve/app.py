@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from eir_core.bundle import read_manifest, resolve_bundle_path
 from eir_core.predict import Predictor
 from eir_serve import __version__
+from eir_serve.auth import check_bearer, resolve_api_key
 from eir_serve.errors import (
     ApiError,
     api_error_handler,
@@ -26,6 +27,7 @@ from eir_serve.errors import (
 from eir_serve.grpc.server import grpc_service
 from eir_serve.metrics import Metrics, MetricsMiddleware
 from eir_serve.routes import eir, ops, v2, web
+from eir_serve.server import BodyTimeoutMiddleware, DrainingMiddleware
 from eir_serve.service import ModelService, example_payload
 from eir_serve.settings import Settings
 
@@ -35,7 +37,14 @@ log = logging.getLogger("eir_serve")
 def create_app(settings: Settings) -> FastAPI:
     bundle_path = resolve_bundle_path(Path(settings.model_path))
     manifest = read_manifest(bundle_path)
+    api_key = resolve_api_key(settings)
     metrics = Metrics()
+
+    def check_call(metadata: Mapping[str, str]) -> None:  # gRPC's ModelInfer, as the HTTP infer routes
+        if not check_bearer(metadata.get("authorization"), api_key):
+            raise ApiError(
+                401, "unauthorized", "this server needs an API key: send metadata 'authorization: Bearer <key>'"
+            )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,7 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
         service.batcher.start()
         app.state.service = service
         try:
-            async with grpc_service(app.state, settings, metrics):  # settings.grpc_port 0: no gRPC
+            async with grpc_service(app.state, settings, metrics, check_call):  # grpc_port 0: no gRPC
                 app.state.ready = True
                 log.info("serving %s on %s", bundle_path, service.predictor.device)
                 yield
@@ -69,11 +78,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.metrics = metrics
     app.state.ready = False
     app.state.service = None
+    app.state.api_key = api_key
+    app.state.draining = False
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
+    app.add_middleware(DrainingMiddleware, state=app.state)
     app.include_router(eir.build_router(example_payload(manifest)))
     app.include_router(v2.router)
     app.include_router(ops.router)
@@ -84,5 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def app_from_env() -> FastAPI:
-    """For ``uvicorn --factory eir_serve.app:app_from_env`` (settings from EIR_SERVE_*)."""
+    """For ``uvicorn --factory eir_serve.app:app_from_env`` (settings from EIR_SERVE_*). uvicorn's own
+    command line does not add what ``eirserve`` does in ``eir_serve.server``: the header deadline,
+    the connection cap and the drain on SIGTERM."""
     return create_app(Settings())

@@ -119,10 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     try:  # cheap checks: the device, the bundle's manifest (the model itself loads in the lifespan)
-        import uvicorn
-
         from eir_core.device import resolve_device
         from eir_serve.app import create_app
+        from eir_serve.server import draining_server
 
         resolve_device(settings.device)
         if settings.grpc_port:
@@ -140,16 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     port = int(sock.getsockname()[1])
     log.info("listening on http://%s:%d (answers once the model is loaded)", settings.host, port)
-    # log_config=None: uvicorn's loggers go through the root handler above, in the same format.
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=port,
-        log_config=None,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
-    )
-    server = uvicorn.Server(config)
+    server = draining_server(app, settings, port)
     server.run(sockets=[sock])
     return 0 if server.started else 3
 

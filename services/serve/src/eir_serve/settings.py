@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,3 +29,18 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="a prediction that takes longer gets 504")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     enable_echo: bool = Field(False, description="POST /echo: the same decode/encode work without the model")
+    api_key: SecretStr | None = Field(
+        None, description="when set, /predict and /v2/.../infer need 'Authorization: Bearer <key>' (off by default)"
+    )
+    api_key_file: Path | None = Field(None, description="read the API key from this file (a mounted secret)")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="time to receive a request's headers, and then its body; past it 408 and the close"
+    )
+    limit_concurrency: int = Field(
+        1000, ge=1, description="open connections plus running requests at most; past it 503 (uvicorn)"
+    )
+    keep_alive_s: int = Field(5, ge=1, description="an idle keep-alive connection is closed after this (uvicorn)")
+    drain_s: float = Field(
+        0.0, ge=0, description="on SIGTERM, report not ready but keep serving this long (load balancers stop sending)"
+    )
+    graceful_timeout_s: int = Field(30, ge=1, description="then wait at most this long for requests in flight")

@@ -37,6 +37,8 @@ T = TypeVar("T")
 SERVICE = "inference.GRPCInferenceService"
 # A per-call check: gets the call's metadata (lower-case keys), raises ApiError (e.g. 401) to refuse.
 CallCheck = Callable[[Mapping[str, str]], None]
+# The calls ``check_call`` guards: inference. Health, readiness and metadata stay open for probes.
+GUARDED = frozenset({"ModelInfer"})
 
 STATUS = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -75,7 +77,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _call(self, method: str, context: grpc.aio.ServicerContext, run: Callable[[], Awaitable[T]]) -> T:
         t0, status = time.perf_counter(), grpc.StatusCode.OK
         try:
-            if self.check_call is not None:
+            if self.check_call is not None and method in GUARDED:
                 self.check_call({k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)})
             return await run()
         except ApiError as e:

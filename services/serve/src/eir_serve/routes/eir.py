@@ -5,8 +5,9 @@ which name a local (the bundle's example) that a string annotation could not res
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Depends, Query
 
+from eir_serve.auth import require_api_key
 from eir_serve.body import JsonBodyRoute
 from eir_serve.deps import ServiceDep
 from eir_serve.schemas.eir import ErrorResponse, InfoResponse, PredictRequest, PredictResponse
@@ -39,7 +40,7 @@ def build_router(example: list[dict[str, Any]]) -> APIRouter:
     r = APIRouter(tags=["eir"], route_class=JsonBodyRoute)
     examples = {"this model": {"summary": "zeros / the first category of every input", "value": example}}
 
-    @r.post("/predict", description=PREDICT_DOC, responses=ERRORS)
+    @r.post("/predict", description=PREDICT_DOC, responses=ERRORS, dependencies=[Depends(require_api_key)])
     async def predict(
         items: Annotated[PredictRequest, Body(openapi_examples=examples)],
         service: ServiceDep,

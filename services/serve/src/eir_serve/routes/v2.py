@@ -17,11 +17,12 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from eir_serve import __version__, protocol
+from eir_serve.auth import require_api_key
 from eir_serve.body import parse_json, read_body
 from eir_serve.deps import ServiceDep
 from eir_serve.errors import ApiError
@@ -262,4 +263,5 @@ _both_forms(
     response_model=InferResponse,
     openapi_extra=INFER_BODY,
     description=(__doc__ or "").split("\n\n")[1],
+    dependencies=[Depends(require_api_key)],
 )
