@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from playwright.sync_api import Page
 from eir_serve.app import create_app
 from eir_serve.auth import check_bearer, resolve_api_key
 from eir_serve.settings import Settings
-from tests.serve.test_e2e import EIRSERVE, free_port, wait_ready
+from tests.serve.realserver import EIRSERVE, eirserve
 from tests.serve.test_web_page import NON_BLANK, browser_page  # noqa: F401  (the browser fixture)
 
 KEY = "k3y-For_tests.0123456789"
@@ -92,19 +91,14 @@ def test_key_is_off_by_default(client: TestClient, digits_dir: Path) -> None:
 @pytest.mark.slow
 def test_web_page_asks_for_the_key(tiny_conditional_bundle: Path, browser_page: tuple[Page, list[str]]) -> None:  # noqa: F811
     page, errors = browser_page
-    port = free_port()
-    proc = subprocess.Popen([*EIRSERVE, "--model-path", str(tiny_conditional_bundle), "--port", str(port),
-                             "--log-level", "warning"], stderr=subprocess.PIPE,
-                            env={**os.environ, "EIR_SERVE_API_KEY": KEY})  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     prompts: list[str] = []
 
     def answer(dialog):  # type: ignore[no-untyped-def]
         prompts.append(dialog.message)
         dialog.accept("wrong" if len(prompts) == 1 else KEY)
 
-    try:
-        wait_ready(url, proc)
+    with eirserve(tiny_conditional_bundle, env={"EIR_SERVE_API_KEY": KEY}) as server:
+        url = server.url
         page.on("dialog", answer)
         page.goto(url + "/")
         page.wait_for_function("document.querySelectorAll('#digit option').length === 10", timeout=20_000)
@@ -118,7 +112,4 @@ def test_web_page_asks_for_the_key(tiny_conditional_bundle: Path, browser_page: 
         page.wait_for_function("document.querySelectorAll('#gallery canvas').length === 2", timeout=20_000)
         assert len(prompts) == 2
         assert [e for e in errors if "401" not in e] == []  # the browser logs the refused first try
-    finally:
         page.remove_listener("dialog", answer)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)

@@ -4,11 +4,9 @@ both, then SIGTERM shuts both down cleanly; a taken gRPC port is a one-line CLI 
 from __future__ import annotations
 
 import base64
-import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -17,10 +15,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from tests.serve.test_e2e import free_port, wait_ready
+from tests.serve.live import free_port
+from tests.serve.realserver import EIRSERVE, eirserve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-EIRSERVE = [sys.executable, "-m", "eir_serve.cli"]
 
 
 def refused(port: int) -> bool:
@@ -31,14 +29,9 @@ def refused(port: int) -> bool:
 def test_real_server_answers_tritonclient_over_http_and_grpc_and_stops_both(
     tiny_conditional_bundle: Path, digits_dir: Path
 ) -> None:
-    port, grpc_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [*EIRSERVE, "--model-path", str(tiny_conditional_bundle), "--port", str(port), "--log-level", "warning"],
-        stderr=subprocess.PIPE,
-        env={**os.environ, "EIR_SERVE_DEVICE": "cpu", "EIR_SERVE_GRPC_PORT": str(grpc_port)},  # the env form
-    )
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", proc)
+    grpc_port = free_port()  # gRPC's port 0 means "off", so this one is picked by the test
+    with eirserve(tiny_conditional_bundle, env={"EIR_SERVE_GRPC_PORT": str(grpc_port)}) as server:  # the env form
+        port = int(server.url.rsplit(":", 1)[1])
         name = httpx.get(f"http://127.0.0.1:{port}/info").json()["model"]["name"]
         img = np.load(digits_dir / "mnist_npy" / "10004.npy").reshape(1, 1, 8, 8)
         label = np.array([b"6"], dtype=object)
@@ -72,11 +65,8 @@ def test_real_server_answers_tritonclient_over_http_and_grpc_and_stops_both(
         hin[0].set_data_from_numpy(img, binary_data=True)
         hin[1].set_data_from_numpy(label, binary_data=True)
         np.testing.assert_allclose(h.infer(name, hin, parameters={"seed": 3}).as_numpy("mnist_output"), want, rtol=1e-6)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        assert "Traceback" not in err, err
+        assert server.stop() in (0, -signal.SIGTERM)
+    assert "Traceback" not in server.stderr, server.stderr
     assert refused(port) and refused(grpc_port)
 
 
@@ -86,7 +76,7 @@ def test_a_taken_grpc_port_is_a_one_line_error(tiny_bundle: Path) -> None:
         taken.listen()
         busy = taken.getsockname()[1]
         r = subprocess.run(
-            [*EIRSERVE, "--model-path", str(tiny_bundle), "--port", str(free_port()), "--grpc-port", str(busy)],
+            [*EIRSERVE, "--model-path", str(tiny_bundle), "--port", "0", "--grpc-port", str(busy)],
             capture_output=True,
             text=True,
             timeout=60,

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from eir_core.bundle import read_manifest
 from eir_core.cli.train import main as eirtrain
 from eir_core.data.tabular import NULL
+from eir_core.manifest import ArrayInput, TabularInput
 from eir_serve.app import create_app
-from eir_serve.service import dummy_item, example_payload
+from eir_serve.service import example_payload
 from eir_serve.settings import Settings
 from tests.helpers import tutorial_configs, write_yaml
 
@@ -64,14 +66,23 @@ def test_the_example_of_a_lowercase_and_numeric_string_bundle_is_accepted(words_
         assert r.status_code == 200, r.text
 
 
-def test_dummy_item_never_uses_the_missing_value_marker() -> None:
-    inputs = [
-        {"name": "img", "type": "array", "shape": [2, 3], "dtype": "<f4"},
-        {"name": "t", "type": "tabular", "cat_columns": ["a", "B"], "con_columns": ["x"],
-         "categories": {"a": [NULL, "cat", "dog"], "B": ["A", "Z", NULL]}},
-    ]  # fmt: skip
-    item = dummy_item(inputs)
+def test_dummy_item_never_uses_the_missing_value_marker(tiny_bundle: Path) -> None:
+    real = read_manifest(tiny_bundle)
+    manifest = real.model_copy(
+        update={
+            "inputs": [
+                ArrayInput(name="img", shape=(2, 3), dtype="<f4"),
+                TabularInput(
+                    name="t",
+                    cat_columns=["a", "B"],
+                    con_columns=["x"],
+                    categories={"a": [NULL, "cat", "dog"], "B": ["A", "Z", NULL]},
+                ),
+            ]
+        }
+    )
+    item = manifest.dummy_item()
     assert item["t"] == {"a": "cat", "B": "A"}
     assert item["img"].shape == (2, 3) and item["img"].dtype == np.float32 and not item["img"].any()
-    assert example_payload(inputs)[0]["t"] == item["t"]
-    assert example_payload(inputs)[0]["img"] == "A" * 32  # base64 of 24 zero bytes
+    assert example_payload(manifest)[0]["t"] == item["t"]
+    assert example_payload(manifest)[0]["img"] == "A" * 32  # base64 of 24 zero bytes

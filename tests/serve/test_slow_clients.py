@@ -19,29 +19,33 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.serve.test_e2e import EIRSERVE, free_port, wait_ready
+from tests.serve.realserver import EIRSERVE, RealServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 N_SLOW = 2000  # half stop inside the headers, half inside the body
 
 
-def start(bundle: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+_servers: dict[int, RealServer] = {}
+
+
+def start(bundle: Path, *flags: str) -> tuple[subprocess.Popen[str], str]:
+    """A ready eirserve on a port it binds itself (read from its log)."""
     proc = subprocess.Popen(
-        [*EIRSERVE, "--model-path", str(bundle), "--port", str(port), "--log-level", "error", *flags],
+        [*EIRSERVE, "--model-path", str(bundle), "--port", "0", "--log-level", "info", *flags],
         stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "EIR_SERVE_DEVICE": "cpu"},
     )
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url, proc)
-    return proc, url
+    server = _servers[proc.pid] = RealServer(proc)
+    server.wait_ready()
+    return proc, server.url
 
 
-def stop(proc: subprocess.Popen[bytes]) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
-    return proc.stderr.read().decode() if proc.stderr else ""
+def stop(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM (if still running), wait, and the server's whole stderr."""
+    server = _servers.pop(proc.pid)
+    server.stop()
+    return server.stderr
 
 
 @pytest.fixture()
@@ -171,7 +175,7 @@ def draining_server(tiny_bundle: Path) -> Iterator[tuple[subprocess.Popen[bytes]
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            stop(proc)
 
 
 def test_sigterm_drains_not_ready_but_serving_then_stops(
@@ -190,5 +194,5 @@ def test_sigterm_drains_not_ready_but_serving_then_stops(
         served = sum(c.post("/predict", json=payload).status_code == 200 for _ in range(5))
         assert served == 5 and proc.poll() is None  # still serving while load balancers take it out
     assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
-    err = proc.stderr.read().decode() if proc.stderr else ""
+    err = stop(proc)
     assert "draining" in err and "Traceback" not in err, err[-2000:]

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from eir_core.model.layers import StochasticDepth  # parameter-free, the same in both architectures
+
 
 class LayerScale(nn.Module):
     """Learnable per-feature scale of a residual branch (CaiT); small init = near-identity."""
@@ -18,26 +20,6 @@ class LayerScale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale
-
-
-class StochasticDepth(nn.Module):
-    """Drops the whole residual branch for the whole batch with probability p (training only).
-
-    A dropped branch is multiplied by zero rather than replaced, so its parameters still get
-    (zero) gradients: the optimizer treats them alike in every step, and DistributedDataParallel
-    sees every parameter used even when ranks drop different branches.
-    """
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        scale = 0.0 if float(torch.rand(())) >= keep else 1.0 / keep
-        return x * scale
 
 
 class LCL(nn.Module):
