@@ -46,16 +46,17 @@ def test_using_it_like_eir_works_as_written(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
     assert re.search(r"^bundle +.*runs/ae/saved_models/ae_checkpoint_\d+_perf-average=", r.stdout, re.M), r.stdout
 
-    # The last line serves; port 0 (through the environment) lets the OS pick a free port.
+    # The last line serves; port 0 (through the environment) lets the OS pick a free port, and
+    # gRPC stays off so that nothing else on this machine's 8001 matters.
     serve = "set -euo pipefail\n" + "\n".join([*lines[:2], "exec " + lines[-1]]) + "\n"
     proc = subprocess.Popen(
-        ["bash", "-c", serve], cwd=tmp_path, env={**env, "EIR_SERVE_PORT": "0"}, stderr=subprocess.PIPE, text=True
+        ["bash", "-c", serve], cwd=tmp_path, env={**env, "EIR_SERVE_PORT": "0", "EIR_SERVE_GRPC_PORT": "0"}, stderr=subprocess.PIPE, text=True
     )
     try:
         assert proc.stderr is not None
         port = None
         for line in proc.stderr:
-            m = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
             if m:
                 port = int(m.group(1))
                 break

@@ -37,10 +37,18 @@ if ! command -v eirserve >/dev/null; then
   echo "eirserve is not installed (pip install -e services/serve); stopping after training." >&2
   exit 0
 fi
-free_port() { python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-port=$(free_port)
-grpc_port=$(free_port)  # gRPC's default 8001 may be taken on a shared machine
-eirserve --model-path "$run" --host 127.0.0.1 --port "$port" --grpc-port "$grpc_port" --log-level warning &
+# The demo serves HTTP on a port the server picks itself (--port 0; it logs which) and leaves
+# gRPC off, so it never collides with anything already listening on this machine.
+log=$(mktemp)
+eirserve --model-path "$run" --host 127.0.0.1 --port 0 --grpc-port 0 --log-level info 2>"$log" &
 server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true; rm -f "$log"' EXIT
+port=
+for _ in $(seq 600); do
+  port=$(sed -n 's#.*listening on http://127\.0\.0\.1:\([0-9]*\).*#\1#p' "$log" | head -1)
+  [ -n "$port" ] && break
+  kill -0 $server 2>/dev/null || { cat "$log" >&2; exit 1; }
+  sleep 0.1  # polling the server's log for the port it bound
+done
+[ -n "$port" ] || { cat "$log" >&2; echo "eirserve did not start" >&2; exit 1; }
 python demo_client.py --url "http://127.0.0.1:$port" --data "$data" --kind "$kind"
