@@ -50,7 +50,11 @@ def test_using_it_like_eir_works_as_written(tmp_path: Path) -> None:
     # gRPC stays off so that nothing else on this machine's 8001 matters.
     serve = "set -euo pipefail\n" + "\n".join([*lines[:2], "exec " + lines[-1]]) + "\n"
     proc = subprocess.Popen(
-        ["bash", "-c", serve], cwd=tmp_path, env={**env, "EIR_SERVE_PORT": "0", "EIR_SERVE_GRPC_PORT": "0"}, stderr=subprocess.PIPE, text=True
+        ["bash", "-c", serve],
+        cwd=tmp_path,
+        env={**env, "EIR_SERVE_PORT": "0", "EIR_SERVE_GRPC_PORT": "0"},
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stderr is not None

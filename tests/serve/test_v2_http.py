@@ -286,8 +286,11 @@ def test_openapi_documents_the_v2_models(client: TestClient) -> None:
         "$ref": "#/components/schemas/InferResponse"
     }
     assert infer["responses"]["400"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/ErrorResponse"
+        "$ref": "#/components/schemas/ProtocolErrorResponse"
     }
+    # /predict's richer error shape is a different model under its own name
+    predict_422 = spec["paths"]["/predict"]["post"]["responses"]["422"]["content"]["application/json"]["schema"]
+    assert predict_422 == {"$ref": "#/components/schemas/ErrorResponse"}
     for path in (
         "/v2/models/{name}",
         "/v2/models/{name}/versions/{version}",

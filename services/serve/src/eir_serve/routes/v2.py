@@ -28,12 +28,12 @@ from eir_serve.deps import ServiceDep
 from eir_serve.errors import ApiError
 from eir_serve.protocol import RequestTensor, TensorSpec, bad
 from eir_serve.schemas.v2 import (
-    ErrorResponse,
     InferRequest,
     InferResponse,
     InferTensor,
     LiveResponse,
     ModelMetadataResponse,
+    ProtocolErrorResponse,
     ReadyResponse,
     ServerMetadataResponse,
     TensorMetadata,
@@ -43,10 +43,10 @@ from eir_serve.service import ModelService
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 HEADER_LENGTH = "Inference-Header-Content-Length"
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "bad request (the message names the tensor)"},
-    404: {"model": ErrorResponse, "description": "unknown model or version"},
-    413: {"model": ErrorResponse, "description": "body or batch too large"},
-    503: {"model": ErrorResponse, "description": "not ready, or queue full"},
+    400: {"model": ProtocolErrorResponse, "description": "bad request (the message names the tensor)"},
+    404: {"model": ProtocolErrorResponse, "description": "unknown model or version"},
+    413: {"model": ProtocolErrorResponse, "description": "body or batch too large"},
+    503: {"model": ProtocolErrorResponse, "description": "not ready, or queue full"},
 }
 
 

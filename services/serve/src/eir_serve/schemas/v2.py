@@ -89,7 +89,7 @@ class ReadyResponse(BaseModel):
     ready: bool
 
 
-class ErrorResponse(BaseModel):
+class ProtocolErrorResponse(BaseModel):
     """The protocol's error object: every 4xx/5xx under /v2."""
 
     error: str
