@@ -9,11 +9,13 @@ ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX_URL=
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 
-# Dependencies first (cached layer), code after.
+# Dependencies first (a cached layer), read from the packages' pyproject files, code after.
+COPY docker/deps.py /src/deps.py
+COPY packages/core/pyproject.toml /src/packages/core/pyproject.toml
+COPY services/serve/pyproject.toml /src/services/serve/pyproject.toml
 RUN pip install "${TORCH_SPEC}" ${TORCH_INDEX_URL:+--index-url ${TORCH_INDEX_URL}} \
- && pip install "numpy>=1.26" "safetensors>=0.4" "pydantic>=2.6" "pyyaml>=6.0" \
-      "fastapi>=0.110" "uvicorn>=0.29" "pydantic-settings>=2.2" "prometheus-client>=0.20" \
-      "grpcio>=1.81.1" "protobuf>=6.33.5,<7"
+ && python /src/deps.py /src/packages/core/pyproject.toml /src/services/serve/pyproject.toml > /src/deps.txt \
+ && pip install -r /src/deps.txt
 
 COPY packages/core /src/packages/core
 COPY services/serve /src/services/serve

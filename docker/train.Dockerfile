@@ -6,9 +6,12 @@ ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX_URL=
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 MPLCONFIGDIR=/tmp/mpl
 
+# Dependencies first (a cached layer), read from the package's pyproject file, code after.
+COPY docker/deps.py /src/deps.py
+COPY packages/core/pyproject.toml /src/packages/core/pyproject.toml
 RUN pip install "${TORCH_SPEC}" ${TORCH_INDEX_URL:+--index-url ${TORCH_INDEX_URL}} \
- && pip install "numpy>=1.26" "safetensors>=0.4" "pydantic>=2.6" "pyyaml>=6.0" \
-      "pytorch-optimizer>=3.0" "matplotlib>=3.8" "scikit-learn>=1.4" "tqdm>=4.66"
+ && python /src/deps.py /src/packages/core/pyproject.toml:train > /src/deps.txt \
+ && pip install -r /src/deps.txt
 
 COPY packages/core /src/packages/core
 RUN pip install --no-deps /src/packages/core && rm -rf /src \

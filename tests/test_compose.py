@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -34,9 +36,27 @@ def test_serve_image_is_non_root_with_healthcheck_and_no_training_extra() -> Non
     text = (ROOT / "docker" / "serve.Dockerfile").read_text()
     assert text.startswith("#") and "FROM python:3.11-slim" in text
     assert "USER eir" in text and "HEALTHCHECK" in text and 'ENTRYPOINT ["eirserve"]' in text
-    assert "EXPOSE 8000 8001" in text and "EIR_SERVE_GRPC_PORT=8001" in text and '"grpcio>=' in text
+    assert "EXPOSE 8000 8001" in text and "EIR_SERVE_GRPC_PORT=8001" in text
     assert "[train]" not in text and "matplotlib" not in text and "scikit-learn" not in text
-    assert text.index('pip install "${TORCH_SPEC}"') < text.index("COPY packages/core")  # deps cached first
+    assert text.index('pip install "${TORCH_SPEC}"') < text.index("COPY packages/core /src")  # deps cached first
+
+
+def test_images_take_their_dependencies_from_the_pyproject_files() -> None:
+    """No dependency list by hand in a Dockerfile: one that drifted from pyproject.toml shipped an
+    image without jiter, whose server could not start."""
+    for name, wanted in (
+        ("serve.Dockerfile", "/src/packages/core/pyproject.toml /src/services/serve/pyproject.toml"),
+        ("train.Dockerfile", "/src/packages/core/pyproject.toml:train"),
+    ):
+        text = (ROOT / "docker" / name).read_text()
+        assert f"python /src/deps.py {wanted}" in text and "pip install -r /src/deps.txt" in text
+        assert ">=" not in text, f"{name} pins a dependency by hand"
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "docker" / "deps.py"), str(ROOT / "packages/core/pyproject.toml"),
+         str(ROOT / "services/serve/pyproject.toml")], capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    names = {re.split(r"[<>=!~\[]", d)[0] for d in out}
+    assert {"jiter", "httpx", "grpcio", "fastapi", "safetensors"} <= names and not {"torch", "eir-core"} & names
     assert "USER eir" in (ROOT / "docker" / "train.Dockerfile").read_text()
 
 
