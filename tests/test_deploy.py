@@ -152,7 +152,8 @@ def dockerfile_facts() -> dict[str, str]:
     return {
         "uid": re.search(r"useradd [^\n]*--uid (\d+) (\w+)", text).group(1),  # type: ignore[union-attr]
         "user": re.search(r"^USER (\w+)$", text, re.M).group(1),  # type: ignore[union-attr]
-        "expose": re.search(r"^EXPOSE (\d+)$", text, re.M).group(1),  # type: ignore[union-attr]
+        "expose": re.search(r"^EXPOSE ([\d ]+)$", text, re.M).group(1).split(),  # type: ignore[union-attr]
+        "grpc_port": env["EIR_SERVE_GRPC_PORT"],
         "port": env["EIR_SERVE_PORT"],
         "model_path": env["EIR_SERVE_MODEL_PATH"],
     }
@@ -180,7 +181,8 @@ def test_manifests_agree_with_settings_and_the_dockerfile(
         sc = c["securityContext"]
         assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"], where
         ports = {p["containerPort"] for p in c["ports"]}
-        assert int(df["port"]) == int(df["expose"]) == fields["port"].default == 8000
+        assert int(df["port"]) == int(df["expose"][0]) == fields["port"].default == 8000
+        assert int(df["grpc_port"]) == int(df["expose"][1]) == fields["grpc_port"].default == 8001
         assert 8000 in ports, where
         env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
         assert env["EIR_SERVE_PORT"] == df["port"] and env["EIR_SERVE_HOST"] == "0.0.0.0"
@@ -189,13 +191,13 @@ def test_manifests_agree_with_settings_and_the_dockerfile(
             if not name.startswith("EIR_SERVE_"):
                 continue
             field = name.removeprefix("EIR_SERVE_").lower()
-            if field == "grpc_port" and field not in fields:
-                continue  # the gRPC endpoint lands with the Open Inference Protocol work; checked once it does
             assert field in fields, f"{where}: {name} is not an eirserve setting"
             values[field] = value
         s = Settings.model_validate(values)  # every value parses as eirserve reads it
-        if "grpc_port" in fields:
-            assert s.grpc_port in ports and s.grpc_port == 8001  # type: ignore[attr-defined]
+        if where.startswith("kserve"):  # one port per KServe predictor: HTTP, gRPC off
+            assert s.grpc_port == 0 and ports == {8000}, where
+        else:
+            assert s.grpc_port in ports and s.grpc_port == 8001, where
         mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
         assert "/tmp" in mounts, f"{where}: a read-only root needs a writable /tmp"
         if where != "kserve":
