@@ -36,7 +36,7 @@ def _is_one_error_shape(r: httpx.Response, status: int = 422) -> dict:
         assert r.status_code == (400 if status == 422 else status), (r.status_code, r.text[:300])
         message = r.json()["error"]
         assert isinstance(message, str) and set(r.json()) == {"error"}
-        field = "body" if "field 'body'" in message else None
+        field = "body" if message.startswith("body: ") else None
         return {"code": "protocol", "message": message, "details": [{"field": field}]}
     assert r.status_code == status, (r.status_code, r.text[:300])
     err = r.json()["error"]

@@ -246,7 +246,8 @@ def test_shutdown_lets_an_inflight_grpc_call_finish_then_refuses(tiny_bundle: Pa
 
 
 def test_the_per_call_check_hook_can_refuse_a_call(tiny_bundle: Path) -> None:
-    """Where an API key check plugs in: every RPC passes through check_call with the call's metadata."""
+    """Where the API key check plugs in: ModelInfer passes through check_call with the call's
+    metadata; liveness, readiness and metadata stay open for probes."""
     seen: list[dict[str, str]] = []
 
     def check(metadata: Any) -> None:
@@ -259,11 +260,18 @@ def test_the_per_call_check_hook_can_refuse_a_call(tiny_bundle: Path) -> None:
         settings = Settings(model_path=tiny_bundle, host="127.0.0.1", grpc_port=port)
         state = SimpleNamespace(service=None, ready=False)
         async with grpc_service(state, settings, Metrics(), check_call=check):
+            import tritonclient.grpc as grpcclient
+
             c = grpcclient_aio.InferenceServerClient(f"127.0.0.1:{port}")
+            assert await c.is_server_live()  # a probe: never checked
+            image = grpcclient.InferInput("mnist", [1, 1, 8, 8], "UINT8")
+            image.set_data_from_numpy(np.zeros((1, 1, 8, 8), np.uint8))
             with pytest.raises(InferenceServerException) as e:
-                await c.is_server_live()
+                await c.infer("run", [image])
             assert e.value.status() == "StatusCode.UNAUTHENTICATED" and e.value.message() == "missing or wrong API key"
-            assert await c.is_server_live(headers={"authorization": "Bearer ok"})
+            with pytest.raises(InferenceServerException) as e:
+                await c.infer("run", [image], headers={"authorization": "Bearer ok"})
+            assert e.value.status() == "StatusCode.UNAVAILABLE"  # past the check: no model loaded here
             await c.close()
 
     asyncio.run(scenario())

@@ -132,7 +132,7 @@ def test_request_level_problems(client: TestClient) -> None:
         r = client.post(f"/v2/models/{name}/infer", json=body)
         assert (r.status_code, r.json()) == (400, {"error": message})
     r = client.post(f"/v2/models/{name}/infer", content=b"{not json")
-    assert r.status_code == 400 and r.json()["error"].startswith("body: Invalid JSON")
+    assert r.status_code == 400 and r.json()["error"].startswith("body: not valid JSON")
 
 
 def test_nested_and_flat_data_agree_and_equal_predict(client: TestClient, digits_dir: Path) -> None:

@@ -119,7 +119,11 @@ async def _infer(service: ModelService, name: str, version: str | None, request:
     body = _decompress(await read_body(request, limit), request.headers.get("content-encoding"), limit)
     header, binary = _split(body, request.headers.get(HEADER_LENGTH))
     try:  # the same strict, bounded JSON reader as every other route
-        req = InferRequest.model_validate(parse_json(header))
+        raw = parse_json(header)
+    except ApiError as e:
+        raise bad("body: " + (e.details[0]["message"] if e.details else e.message)) from None
+    try:
+        req = InferRequest.model_validate(raw)
     except ValidationError as e:
         raise bad(_describe(e)) from None
     params = req.parameters or {}
