@@ -187,7 +187,7 @@ def test_early_stopping_is_decided_together(tmp_path: Path, digits_dir: Path) ->
         "--globals.evaluation_checkpoint.sample_interval=5",
         "--globals.evaluation_checkpoint.checkpoint_interval=5",
         "--globals.training_control.early_stopping_patience=2",
-        "--globals.optimization.lr=1e-9",  # nothing improves: rank 0's validations say stop
+        "--globals.optimization.lr=1e-30",  # below float32 resolution: nothing improves, rank 0's validations say stop
         "--globals.lr_schedule.warmup_steps=0",
         "--globals.lr_schedule.lr_schedule=same",
     ]

@@ -103,7 +103,7 @@ def test_early_stopping_ends_the_run_and_keeps_a_final_checkpoint(tmp_path: Path
             g + "evaluation_checkpoint.sample_interval": 5,
             g + "evaluation_checkpoint.checkpoint_interval": 5,
             g + "training_control.early_stopping_patience": 2,
-            g + "optimization.lr": 1e-9,  # nothing improves: stop after 2 rounds without improvement
+            g + "optimization.lr": 1e-30,  # below every weight's float32 resolution: nothing improves
             g + "lr_schedule.warmup_steps": 0,
             g + "lr_schedule.lr_schedule": "same",
         },
