@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import linalg
 from scipy.spatial.distance import cdist, pdist
@@ -28,11 +30,14 @@ def _as_2d(x: np.ndarray, what: str) -> np.ndarray:
 def frechet_from_stats(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
     """||mu1 - mu2||^2 + Tr(cov1 + cov2 - 2 (cov1 cov2)^(1/2))."""
     diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
-    covmean = linalg.sqrtm(cov1 @ cov2)
-    if not np.isfinite(covmean).all():
-        # Singular product (few samples for the dimension): offset both diagonals slightly.
-        off = np.eye(cov1.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((cov1 + off) @ (cov2 + off))
+    with warnings.catch_warnings():
+        # Few samples for the dimension (or constant features) make the product singular; its
+        # square root is still defined. Fall back to slightly offset diagonals only if not finite.
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(cov1 @ cov2)
+        if not np.isfinite(covmean).all():
+            off = np.eye(cov1.shape[0]) * 1e-6
+            covmean = linalg.sqrtm((cov1 + off) @ (cov2 + off))
     covmean = np.real(covmean)
     value = float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * np.trace(covmean))
     return max(value, 0.0)
