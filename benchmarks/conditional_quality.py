@@ -99,10 +99,10 @@ def git_commit() -> str:
 
 def mlp_features(mlp: Any, x01: np.ndarray) -> np.ndarray:
     """Activations of the MLP's last hidden layer (ReLU) for inputs scaled 0..1."""
-    h = x01
+    h: np.ndarray = x01
     for w, b in zip(mlp.coefs_[:-1], mlp.intercepts_[:-1]):
         h = np.maximum(h @ w + b, 0.0)
-    return np.asarray(h)
+    return h
 
 
 def chunked(fn: Any, pool: np.ndarray, size: int, ref: np.ndarray) -> float:

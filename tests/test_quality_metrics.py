@@ -94,3 +94,12 @@ def test_copy_check_flags_a_near_copy_by_the_ratio_test() -> None:
     near = train[3] + 0.01 * rng.normal(size=16)
     nn1, nn2 = qm.nearest_neighbours(near[None, :].repeat(2, axis=0), train)
     assert qm.copy_flags(nn1, nn2).all()
+
+
+def test_frechet_with_constant_features_is_finite_and_zero_for_the_same_set() -> None:
+    # ReLU features often have units that are 0 for a whole digit: singular covariances.
+    x = np.random.default_rng(8).normal(size=(25, 6))
+    x[:, 2] = 0.0
+    assert qm.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+    shifted = x + np.array([0.0, 0.0, 2.0, 0.0, 0.0, 0.0])
+    assert qm.frechet_distance(x, shifted) == pytest.approx(4.0, rel=1e-6)
