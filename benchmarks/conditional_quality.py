@@ -89,7 +89,8 @@ def generate(predictor: Any, digit: int, seeds: list[int], scale: float | None) 
             item[IMAGE] = predictor.input_stats[IMAGE].denormalize(scale * z).numpy()
         items.append(item)
     out = predictor.predict(items, seeds=seeds)
-    return np.clip(np.stack([o[OUTPUT].reshape(-1) for o in out]), 0, 255).astype(np.float64)
+    flat: np.ndarray = np.stack([o[OUTPUT].reshape(-1) for o in out])
+    return np.clip(flat, 0, 255).astype(np.float64)
 
 
 def git_commit() -> str:
