@@ -90,7 +90,8 @@ def generate(predictor: Any, digit: int, seeds: list[int], scale: float | None) 
         items.append(item)
     out = predictor.predict(items, seeds=seeds)
     flat: np.ndarray = np.stack([o[OUTPUT].reshape(-1) for o in out])
-    return np.clip(flat, 0, 255).astype(np.float64)
+    clipped: np.ndarray = np.clip(flat, 0, 255).astype(np.float64)
+    return clipped
 
 
 def git_commit() -> str:
