@@ -6,8 +6,8 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from eir_core.model import layers
 from eir_core.model.layers import StochasticDepth  # parameter-free, the same in both architectures
 
 
@@ -22,12 +22,10 @@ class LayerScale(nn.Module):
         return x * self.scale
 
 
-class LCL(nn.Module):
-    """Locally connected layer: the flat input is cut into chunks of ``kernel_size`` and each
-    chunk has its own ``out_feature_sets`` x ``kernel_size`` weights (no sharing).
-
-    ``out[o * chunks + c] = sum_j x[c, j] * W[o, c, j] + b``; the input is zero-padded on the
-    right to a whole number of chunks.
+class LCL(layers.LCL):
+    """Architecture 1's locally connected layer: the chunk count always follows from the kernel
+    size (``num_chunks`` only picks the kernel), and its own weight init. The computation is
+    architecture 2's (``layers.LCL.forward``).
     """
 
     def __init__(
@@ -38,7 +36,7 @@ class LCL(nn.Module):
         num_chunks: int | None = None,
         bias: bool = True,
     ) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # not layers.LCL.__init__: the shapes and the init differ
         if (kernel_size is None) == (num_chunks is None):
             raise ValueError("give exactly one of kernel_size and num_chunks")
         if num_chunks is not None:
@@ -58,26 +56,6 @@ class LCL(nn.Module):
         # Each output sees only its chunk, so the fan-in is the kernel size, not the row size.
         bound = 1.0 / math.sqrt(kernel_size)
         nn.init.uniform_(self.weight, -bound, bound)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding:
-            x = F.pad(x, (0, self.padding))
-        b = x.shape[0]
-        x = x.view(b, self.num_chunks, self.kernel_size)
-        if self._broadcast:
-            out = (x.unsqueeze(1) * self.weight.unsqueeze(0)).sum(-1)  # (b, sets, chunks)
-        else:  # (chunks, b, k) @ (chunks, k, sets) -> (chunks, b, sets)
-            out = torch.bmm(x.transpose(0, 1), self.weight.permute(1, 2, 0)).permute(1, 2, 0)
-        out = out.reshape(b, self.out_features)
-        if self.bias is not None:
-            out = out + self.bias
-        return out
-
-    def extra_repr(self) -> str:
-        return (
-            f"in={self.in_features}, kernel={self.kernel_size}, chunks={self.num_chunks}, "
-            f"sets={self.out_feature_sets}, out={self.out_features}"
-        )
 
 
 def exact_projection(in_features: int, out_features: int) -> nn.Module:
