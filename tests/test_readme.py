@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -65,6 +66,16 @@ def test_using_it_like_eir_works_as_written(tmp_path: Path) -> None:
                 port = int(m.group(1))
                 break
         assert port, "eirserve did not start"
+        # The port is bound before the model loads; it answers once the model is ready.
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "eirserve did not become ready"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)  # poll interval, not a wait for readiness
         img = np.load(tmp_path / "examples/tutorial/data/digits8/mnist_npy/10001.npy")
         got = httpx.post(
             f"http://127.0.0.1:{port}/predict", json=[{"mnist": base64.b64encode(img.tobytes()).decode()}], timeout=30
