@@ -7,15 +7,15 @@ import base64
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+
+from tests.serve.realserver import RealServer
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -57,32 +57,15 @@ def test_using_it_like_eir_works_as_written(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
+    server = RealServer(proc)  # reads the port it logs, drains its stderr
     try:
-        assert proc.stderr is not None
-        port = None
-        for line in proc.stderr:
-            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
-            if m:
-                port = int(m.group(1))
-                break
-        assert port, "eirserve did not start"
-        # The port is bound before the model loads; it answers once the model is ready.
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "eirserve did not become ready"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)  # poll interval, not a wait for readiness
+        server.wait_ready()  # the port is bound before the model loads; it answers once ready
         img = np.load(tmp_path / "examples/tutorial/data/digits8/mnist_npy/10001.npy")
         got = httpx.post(
-            f"http://127.0.0.1:{port}/predict", json=[{"mnist": base64.b64encode(img.tobytes()).decode()}], timeout=30
+            f"{server.url}/predict", json=[{"mnist": base64.b64encode(img.tobytes()).decode()}], timeout=30
         )
         assert got.status_code == 200, got.text
         out = np.frombuffer(base64.b64decode(got.json()["result"][0]["mnist_output"]), "<f4")
         assert out.shape == (64,) and np.isfinite(out).all()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        server.stop()
