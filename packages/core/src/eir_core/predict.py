@@ -6,7 +6,8 @@ way: normalize -> impute missing inputs (seeded noise) -> forward -> un-normaliz
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from eir_core.bundle import Bundle, load_bundle
 from eir_core.data.tabular import NULL, TabularEncoding
 from eir_core.device import resolve_device
 from eir_core.errors import BundleError, InputError
+from eir_core.graph import trace_for_inference
 from eir_core.imputation import impute_array_, impute_tabular_, null_codes
 from eir_core.manifest import ArrayInput, ArrayOutput, Manifest, TabularInput
 from eir_core.model.meta import MetaModel
@@ -26,8 +28,21 @@ from eir_core.model.meta import MetaModel
 Item = Mapping[str, Any]
 
 
+GRAPHS = ("eager", "torchscript", "auto")
+log = logging.getLogger("eir_core.predict")
+
+
 class Predictor:
-    def __init__(self, bundle: Bundle, device: str | torch.device = "auto", source: str = "bundle") -> None:
+    """``graph``: how the forward pass runs. "eager" is the module itself; "torchscript" traces
+    and freezes it (``eir_core.graph``; checked against eager, which stays in use if the check
+    fails); "auto" is "torchscript" on the CPU and "eager" elsewhere. ``self.graph`` says which
+    one runs."""
+
+    def __init__(
+        self, bundle: Bundle, device: str | torch.device = "auto", source: str = "bundle", graph: str = "eager"
+    ) -> None:
+        if graph not in GRAPHS:
+            raise ValueError(f"graph must be one of {', '.join(GRAPHS)}, not {graph!r}")
         self.manifest: Manifest = bundle.manifest
         self.spec = bundle.manifest.model_spec
         model = MetaModel(self.spec)
@@ -45,10 +60,19 @@ class Predictor:
         self.encodings = {
             e.name: TabularEncoding.from_json(e.model_dump()) for e in bundle.manifest.inputs if e.type == "tabular"
         }
+        self.forward: Callable[[dict[str, Any]], dict[str, torch.Tensor]] = self.model
+        self.graph = "eager"
+        if graph == "torchscript" or (graph == "auto" and self.device.type == "cpu"):
+            dummy = self.manifest.dummy_item()
+            traced, why = trace_for_inference(self.model, lambda n: self._batch([dummy] * n, range(n)))
+            if traced is None:
+                log.warning("%s: running the model eagerly (TorchScript: %s)", source, why)
+            else:
+                self.forward, self.graph = traced, "torchscript"
 
     @classmethod
-    def from_path(cls, path: Path | str, device: str = "auto") -> Predictor:
-        return cls(load_bundle(Path(path)), device=device, source=str(path))
+    def from_path(cls, path: Path | str, device: str = "auto", graph: str = "eager") -> Predictor:
+        return cls(load_bundle(Path(path)), device=device, source=str(path), graph=graph)
 
     @property
     def optional_inputs(self) -> set[str]:
@@ -112,20 +136,19 @@ class Predictor:
 
     def _batch(self, items: Sequence[Item], seeds: Sequence[int]) -> dict[str, Any]:
         n = len(items)
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         batch: dict[str, Any] = {}
         for name, entry in self.inputs.items():
             missing = np.array([items[i].get(name) is None for i in range(n)])
             if isinstance(entry, ArrayInput):
                 shape = entry.shape
                 x = torch.empty((n, *shape), dtype=torch.float32)
-                for i in range(n):
-                    if missing[i]:
-                        # One generator per item: batched and unbatched answers agree.
-                        impute_array_(x[i : i + 1], np.array([True]), gens[i])
-                    else:
-                        raw = torch.from_numpy(np.asarray(items[i][name], dtype=np.float32).reshape(shape))
-                        x[i] = self.input_stats[name].normalize(raw)
+                given = [i for i in range(n) if not missing[i]]
+                if given:  # one normalization for all given items
+                    raw = np.stack([np.asarray(items[i][name], dtype=np.float32).reshape(shape) for i in given])
+                    x[torch.tensor(given)] = self.input_stats[name].normalize(torch.from_numpy(raw))
+                for i in (i for i in range(n) if missing[i]):
+                    # One generator per item: batched and unbatched answers agree.
+                    impute_array_(x[i : i + 1], np.array([True]), torch.Generator().manual_seed(int(seeds[i])))
                 batch[name] = x.to(self.device, non_blocking=True)
             else:
                 enc = self.encodings[name]
@@ -150,10 +173,9 @@ class Predictor:
             return []
         if seeds is None:
             seeds = [int(s) for s in np.random.SeedSequence().generate_state(len(items))]
-        out = self.model(self._batch(items, seeds))
-        result: list[dict[str, np.ndarray]] = [{} for _ in items]
-        for name, y in out.items():
-            arr = self.output_stats[name].denormalize(y.float()).cpu().numpy().astype(np.float32, copy=False)
-            for i in range(len(items)):
-                result[i][name] = arr[i]
-        return result
+        out = self.forward(self._batch(items, seeds))
+        arrays = {
+            name: self.output_stats[name].denormalize(y.float()).cpu().numpy().astype(np.float32, copy=False)
+            for name, y in out.items()
+        }
+        return [{name: arr[i] for name, arr in arrays.items()} for i in range(len(items))]

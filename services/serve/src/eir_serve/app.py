@@ -4,16 +4,19 @@ starts the batcher, and only then reports ready; on shutdown the batcher drains 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import torch
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from eir_core.bundle import read_manifest, resolve_bundle_path
+from eir_core.device import resolve_device
 from eir_core.predict import Predictor
 from eir_serve import __version__
 from eir_serve.auth import check_bearer, resolve_api_key
@@ -34,6 +37,15 @@ from eir_serve.settings import Settings
 log = logging.getLogger("eir_serve")
 
 
+def set_torch_threads(settings: Settings) -> None:
+    """``torch_threads``, or 1 on the CPU: the forward pass of a batch of small items gains little
+    from more threads, and PyTorch's idle threads spin on cores the HTTP side needs."""
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    elif resolve_device(settings.device).type == "cpu":
+        torch.set_num_threads(1)
+
+
 def create_app(settings: Settings) -> FastAPI:
     bundle_path = resolve_bundle_path(Path(settings.model_path))
     manifest = read_manifest(bundle_path)
@@ -49,18 +61,31 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         def load() -> ModelService:
-            predictor = Predictor.from_path(bundle_path, device=settings.device)
+            set_torch_threads(settings)
+            predictor = Predictor.from_path(bundle_path, device=settings.device, graph=settings.graph)
             service = ModelService(predictor, settings, metrics)
             service.warm_up()
             return service
 
         service = await asyncio.to_thread(load)
+        # What is loaded now (PyTorch, the app, the model: ~200 000 objects) lives as long as the
+        # process; frozen, the collector no longer walks it, and an old-generation collection
+        # takes well under a millisecond instead of ~80 ms in the middle of requests.
+        gc.collect()
+        gc.freeze()
         service.batcher.start()
         app.state.service = service
         try:
             async with grpc_service(app.state, settings, metrics, check_call):  # grpc_port 0: no gRPC
                 app.state.ready = True
-                log.info("serving %s on %s", bundle_path, service.predictor.device)
+                log.info(
+                    "serving %s on %s (%s, %d torch thread%s)",
+                    bundle_path,
+                    service.predictor.device,
+                    service.predictor.graph,
+                    torch.get_num_threads(),
+                    "" if torch.get_num_threads() == 1 else "s",
+                )
                 yield
                 app.state.ready = False  # gRPC drains its calls while reporting not ready
         finally:

@@ -52,8 +52,9 @@ def resolve_api_key(settings: Settings) -> str | None:
     return key
 
 
-def require_api_key(request: Request) -> None:
-    """FastAPI dependency: 401 in the service's error shape unless the request carries the key."""
+async def require_api_key(request: Request) -> None:
+    """FastAPI dependency: 401 in the service's error shape unless the request carries the key.
+    (async so that FastAPI calls it on the event loop, not through its thread pool)"""
     key: str | None = getattr(request.app.state, "api_key", None)
     if not check_bearer(request.headers.get("authorization"), key):
         raise ApiError(

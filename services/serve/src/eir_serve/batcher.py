@@ -125,23 +125,33 @@ class Batcher:
             results = self.predict(items, seeds)
         except Exception as e:  # one bad batch must not stop the worker
             log.exception("prediction failed")
-            for j in live:
-                j.loop.call_soon_threadsafe(_set_exception, j.future, e)
+            _deliver([(j, e) for j in live])
             return
         if self.on_batch is not None:
             self.on_batch(len(items))
+        answers: list[tuple[_Job, list[Any] | Exception]] = []
         start = 0
         for j in live:
-            part = results[start : start + len(j.items)]
+            answers.append((j, results[start : start + len(j.items)]))
             start += len(j.items)
-            j.loop.call_soon_threadsafe(_set_result, j.future, part)
+        _deliver(answers)
 
 
-def _set_result(fut: asyncio.Future[list[Any]], value: list[Any]) -> None:
-    if not fut.done():
-        fut.set_result(value)
+def _deliver(answers: list[tuple[_Job, list[Any] | Exception]]) -> None:
+    """Hand each job its answer on its event loop: one wake-up of each loop per batch, not one per
+    request (each wake-up is a write to the loop's self-pipe and a turn of the loop)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[list[Any]], list[Any] | Exception]]] = {}
+    for job, answer in answers:
+        by_loop.setdefault(job.loop, []).append((job.future, answer))
+    for loop, pairs in by_loop.items():
+        loop.call_soon_threadsafe(_resolve, pairs)
 
 
-def _set_exception(fut: asyncio.Future[list[Any]], exc: Exception) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
+def _resolve(pairs: list[tuple[asyncio.Future[list[Any]], list[Any] | Exception]]) -> None:
+    for fut, answer in pairs:
+        if fut.done():  # the request timed out or its client went away
+            continue
+        if isinstance(answer, Exception):
+            fut.set_exception(answer)
+        else:
+            fut.set_result(answer)

@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # cheap checks: the device, the bundle's manifest (the model itself loads in the lifespan)
         from eir_core.device import resolve_device
         from eir_serve.app import create_app
-        from eir_serve.server import draining_server
+        from eir_serve.server import draining_server, http_stack
 
         resolve_device(settings.device)
         if settings.grpc_port:
@@ -138,7 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eirserve: error: {_bind_error(settings.host, settings.port, e)}", file=sys.stderr)
         return 2
     port = int(sock.getsockname()[1])
+    parser, loop = http_stack(settings)
     log.info("listening on http://%s:%d (answers once the model is loaded)", settings.host, port)
+    log.info("HTTP: %s parser, %s event loop", parser, loop)
     server = draining_server(app, settings, port)
     server.run(sockets=[sock])
     return 0 if server.started else 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 
 import numpy as np
 
@@ -24,7 +25,7 @@ def decode_array(value: object, dtype: str, shape: tuple[int, ...]) -> np.ndarra
     except (binascii.Error, ValueError):
         raise CodecError("not valid base64") from None
     dt = np.dtype(dtype)
-    n = int(np.prod(shape))
+    n = math.prod(shape)
     if len(raw) != n * dt.itemsize:
         message = f"expected {n * dt.itemsize} bytes ({n} x {dt.name}, shape {list(shape)}), got {len(raw)} bytes"
         per_value, rest = divmod(len(raw), n) if n else (0, 1)

@@ -10,7 +10,8 @@ from eir_serve.errors import ApiError
 from eir_serve.service import ModelService
 
 
-def get_service(request: Request) -> ModelService:
+async def get_service(request: Request) -> ModelService:
+    # async on purpose: FastAPI runs a plain-def dependency in a thread pool, a thread hop per request.
     service: ModelService | None = getattr(request.app.state, "service", None)
     if service is None or not request.app.state.ready:
         raise ApiError(503, "not_ready", "the model is still loading; retry shortly", headers={"Retry-After": "1"})

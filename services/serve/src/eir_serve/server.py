@@ -1,8 +1,10 @@
 """Running the app under uvicorn so that slow clients and restarts do not hurt it.
 
-* Headers: uvicorn's h11 protocol waits for request headers forever; ``TimedH11Protocol`` closes a
-  connection whose headers are not complete ``body_timeout_s`` after their first byte (or after the
-  connection opened), answering 408 when some bytes came.
+* HTTP parser and event loop: httptools and uvloop when installed (the default install has both;
+  ``--http h11`` and ``--loop asyncio`` take the pure-Python ones). Measured in ``benchmarks/results/serve_load.md``.
+* Headers: uvicorn waits for request headers forever; ``timed_protocol`` closes a connection
+  whose headers are not complete ``body_timeout_s`` after their first byte (or after the
+  connection opened), answering 408 when some bytes came; the same rule for either parser.
 * Body: ``BodyTimeoutMiddleware`` gives the body ``body_timeout_s`` from the end of the headers; a
   route still reading it then gets 408 in the service's error shape, and the connection closes.
 * Open connections: uvicorn's ``limit_concurrency`` (503 past it); idle keep-alive: ``keep_alive_s``.
@@ -26,6 +28,13 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    HAVE_HTTPTOOLS = True
+except ImportError:  # httptools not installed: h11 only
+    HAVE_HTTPTOOLS = False
 
 from eir_serve.errors import ApiError, error_body
 from eir_serve.settings import Settings
@@ -93,7 +102,14 @@ class DrainingMiddleware:
         await send({"type": "http.response.body", "body": raw})
 
 
-def timed_protocol(header_timeout_s: float) -> type[H11Protocol]:
+def _late_headers_answer(header_timeout_s: float) -> bytes:
+    msg = f"the request headers did not arrive within {header_timeout_s:g} s"
+    raw = json.dumps(error_body("request_timeout", msg, [])).encode()
+    head = f"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {len(raw)}"
+    return head.encode() + b"\r\nconnection: close\r\n\r\n" + raw
+
+
+def timed_h11_protocol(header_timeout_s: float) -> type[H11Protocol]:
     """uvicorn's h11 protocol with a deadline on each request's headers."""
 
     class TimedH11Protocol(H11Protocol):
@@ -122,10 +138,7 @@ def timed_protocol(header_timeout_s: float) -> type[H11Protocol]:
             if self.cycle is not self._armed_for or self.transport.is_closing():
                 return  # the headers came; the body has its own deadline, idle connections keep-alive's
             if self._got_bytes and self.conn.their_state is h11.IDLE:
-                msg = f"the request headers did not arrive within {header_timeout_s:g} s"
-                raw = json.dumps(error_body("request_timeout", msg, [])).encode()
-                head = f"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {len(raw)}"
-                self.transport.write(head.encode() + b"\r\nconnection: close\r\n\r\n" + raw)
+                self.transport.write(_late_headers_answer(header_timeout_s))
             self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -135,6 +148,60 @@ def timed_protocol(header_timeout_s: float) -> type[H11Protocol]:
             super().connection_lost(exc)
 
     return TimedH11Protocol
+
+
+def timed_httptools_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with the same deadline: armed when the connection opens and
+    at each request's first byte (the parser's message begin), disarmed when its headers end."""
+
+    class TimedHttpToolsProtocol(HttpToolsProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._header_timer: asyncio.TimerHandle | None = None
+            self._in_headers = False
+            self._arm()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(header_timeout_s, self._headers_late)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_headers = True
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._in_headers = False
+            self._disarm()
+            super().on_headers_complete()
+
+        def _headers_late(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing():
+                return
+            if self._in_headers:
+                self.transport.write(_late_headers_answer(header_timeout_s))
+            self.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return TimedHttpToolsProtocol
+
+
+def timed_protocol(header_timeout_s: float, http: str = "auto") -> type[asyncio.Protocol]:
+    """The HTTP protocol class for ``http`` ("auto": httptools when installed, else h11)."""
+    if http == "httptools" and not HAVE_HTTPTOOLS:
+        raise ValueError("--http httptools: the httptools package is not installed (pip install httptools)")
+    if http == "httptools" or (http == "auto" and HAVE_HTTPTOOLS):
+        return timed_httptools_protocol(header_timeout_s)
+    return timed_h11_protocol(header_timeout_s)
 
 
 class DrainingServer(uvicorn.Server):
@@ -159,6 +226,20 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def http_stack(settings: Settings) -> tuple[str, str]:
+    """(parser, event loop) that ``settings`` give: what "auto" resolves to here."""
+    parser = "httptools" if settings.http == "httptools" or (settings.http == "auto" and HAVE_HTTPTOOLS) else "h11"
+    loop = settings.loop
+    if loop == "auto":
+        try:
+            import uvloop  # noqa: F401
+
+            loop = "uvloop"
+        except ImportError:
+            loop = "asyncio"
+    return parser, loop
+
+
 def uvicorn_config(app: FastAPI, settings: Settings, port: int | None = None) -> uvicorn.Config:
     # log_config=None: uvicorn's loggers go through the root handler eirserve set up, in one format.
     return uvicorn.Config(
@@ -167,7 +248,9 @@ def uvicorn_config(app: FastAPI, settings: Settings, port: int | None = None) ->
         port=settings.port if port is None else port,
         log_config=None,
         log_level=settings.log_level,
-        http=timed_protocol(settings.body_timeout_s),
+        http=timed_protocol(settings.body_timeout_s, settings.http),
+        loop=http_stack(settings)[1],
+        access_log=settings.access_log,
         limit_concurrency=settings.limit_concurrency,
         timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=settings.graceful_timeout_s,

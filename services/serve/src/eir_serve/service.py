@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from fastapi import Response
 
 from eir_core.errors import InputError
 from eir_core.manifest import ArrayInput, Manifest, TabularInput
@@ -16,10 +18,7 @@ from eir_serve.body import read_json_body as read_json_body  # routes import it 
 from eir_serve.codec import CodecError, decode_array, encode_array
 from eir_serve.errors import ApiError, item_error
 from eir_serve.metrics import Metrics
-from eir_serve.schemas.eir import (
-    InfoResponse,
-    PredictResponse,
-)
+from eir_serve.schemas.eir import InfoResponse
 from eir_serve.settings import Settings
 
 
@@ -45,6 +44,7 @@ class ModelService:
         self.metrics.queue_depth.set_function(lambda: self.batcher.queue_depth)
         self.inputs = predictor.inputs
         self.outputs = predictor.outputs
+        self._entropy = np.random.default_rng()
 
     def _predict(self, items: Sequence[Any], seeds: Sequence[int]) -> list[dict[str, np.ndarray]]:
         out = self.predictor.predict(items, seeds)
@@ -117,8 +117,8 @@ class ModelService:
         return out
 
     async def run(self, items: list[dict[str, Any]], seed: int | None) -> list[dict[str, np.ndarray]]:
-        if seed is None:
-            seeds = [int(s) for s in np.random.SeedSequence().generate_state(len(items))]
+        if seed is None:  # fresh noise: from a generator seeded once from the OS (one getrandom per process)
+            seeds = [int(s) for s in self._entropy.integers(0, 2**62, size=len(items))]
         else:
             seeds = [seed + i for i in range(len(items))]
         try:
@@ -131,8 +131,11 @@ class ModelService:
             raise ApiError(504, "timeout", f"no answer within {self.settings.request_timeout_s}s") from None
 
     @staticmethod
-    def encode(results: list[dict[str, np.ndarray]]) -> PredictResponse:
-        return PredictResponse(result=[{name: encode_array(arr) for name, arr in r.items()} for r in results])
+    def encode(results: list[dict[str, np.ndarray]]) -> Response:
+        """``PredictResponse`` rendered at once: the strings are base64, so nothing needs escaping,
+        and FastAPI's validation of a model the service built itself would be pure overhead."""
+        body = {"result": [{name: encode_array(arr) for name, arr in r.items()} for r in results]}
+        return Response(json.dumps(body, separators=(",", ":")).encode(), media_type="application/json")
 
     # -------------------------------------------------------------- /info
     def info(self) -> InfoResponse:

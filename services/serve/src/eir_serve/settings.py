@@ -44,3 +44,19 @@ class Settings(BaseSettings):
         0.0, ge=0, description="on SIGTERM, report not ready but keep serving this long (load balancers stop sending)"
     )
     graceful_timeout_s: int = Field(30, ge=1, description="then wait at most this long for requests in flight")
+    graph: Literal["auto", "eager", "torchscript"] = Field(
+        "auto",
+        description="how the forward pass runs: torchscript traces and freezes the model at load (checked "
+        "against eager, which it falls back to); auto: torchscript on the CPU, eager on CUDA",
+    )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="PyTorch intra-op threads per process (0: 1 on the CPU, leaving the other cores to "
+        "the HTTP side and other workers; PyTorch's default on CUDA)",
+    )
+    http: Literal["auto", "httptools", "h11"] = Field("auto", description="HTTP parser (auto: httptools if installed)")
+    loop: Literal["auto", "uvloop", "asyncio"] = Field("auto", description="event loop (auto: uvloop if installed)")
+    access_log: bool = Field(
+        False, description="log a line per request (uvicorn's access log; off by default: it costs throughput)"
+    )

@@ -5,7 +5,7 @@ which name a local (the bundle's example) that a string annotation could not res
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query, Response
 
 from eir_serve.auth import require_api_key
 from eir_serve.body import JsonBodyRoute
@@ -40,12 +40,18 @@ def build_router(example: list[dict[str, Any]]) -> APIRouter:
     r = APIRouter(tags=["eir"], route_class=JsonBodyRoute)
     examples = {"this model": {"summary": "zeros / the first category of every input", "value": example}}
 
-    @r.post("/predict", description=PREDICT_DOC, responses=ERRORS, dependencies=[Depends(require_api_key)])
+    @r.post(
+        "/predict",
+        description=PREDICT_DOC,
+        responses=ERRORS,
+        dependencies=[Depends(require_api_key)],
+        response_model=PredictResponse,
+    )
     async def predict(
         items: Annotated[PredictRequest, Body(openapi_examples=examples)],
         service: ServiceDep,
         seed: Annotated[int | None, Query(ge=0, le=2**62, description="noise seed")] = None,
-    ) -> PredictResponse:
+    ) -> Response:
         decoded = service.decode_items(items.root)
         return service.encode(await service.run(decoded, seed))
 

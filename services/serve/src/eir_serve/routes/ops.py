@@ -34,8 +34,12 @@ async def metrics(request: Request) -> Response:
 echo_router = APIRouter(tags=["ops"], route_class=JsonBodyRoute)
 
 
-@echo_router.post("/echo", description="Benchmark aid: /predict's decoding and encoding without the model.")
-async def echo(items: PredictRequest, service: ServiceDep) -> PredictResponse:
+@echo_router.post(
+    "/echo",
+    description="Benchmark aid: /predict's decoding and encoding without the model.",
+    response_model=PredictResponse,
+)
+async def echo(items: PredictRequest, service: ServiceDep) -> Response:
     decoded = service.decode_items(items.root)
     zeros = {name: np.zeros(o.shape, np.float32) for name, o in service.outputs.items()}
     return service.encode([zeros for _ in decoded])
