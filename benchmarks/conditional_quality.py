@@ -1,7 +1,7 @@
 """Quality of label-only generation by the conditional tutorial model, scored independently.
 
     python benchmarks/conditional_quality.py [--per-label 60] [--seeds 3] [--nproc 1]
-                                             [--noise-scales 0.5,0.75,1.0,1.25,1.5,1.75,2.0,2.5,3.0]
+                                             [--noise-scales 0.5,1.0,1.5,2.0,2.5,3.0,4.0,5.0,6.0,8.0,10.0]
 
 1. Splits scikit-learn's 1797 real digits: 1300 for the generator (written in the tutorial
    layout), 497 that the generator never sees ("held-out").
@@ -161,7 +161,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=None, help="override the config's n_epochs")
     ap.add_argument("--nproc", type=int, default=1, help="train under torchrun with this many processes")
-    ap.add_argument("--noise-scales", default="0.5,0.75,1.0,1.25,1.5,1.75,2.0,2.5,3.0",
+    ap.add_argument("--noise-scales", default="0.5,1.0,1.5,2.0,2.5,3.0,4.0,5.0,6.0,8.0,10.0",
                     help="comma-separated scales of the imputed N(0,1) noise to compare (1.0 = EIR)")  # fmt: skip
     a = ap.parse_args()
     try:
