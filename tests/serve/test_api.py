@@ -168,11 +168,11 @@ def test_concurrent_requests_are_batched_and_equal_to_single(tiny_conditional_bu
         service = app.state.service
         real, gate, sizes = service.predictor.predict, threading.Event(), []
 
-        def held(batch, seeds):  # type: ignore[no-untyped-def]
+        def held(batch, seeds, **kw):  # type: ignore[no-untyped-def]
             sizes.append(len(batch))
             if len(sizes) == 1:
                 assert gate.wait(30), "the other requests never queued"
-            return real(batch, seeds)
+            return real(batch, seeds, **kw)
 
         service.predictor.predict = held
 

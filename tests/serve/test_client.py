@@ -35,8 +35,9 @@ def test_client_predicts_what_the_predictor_does(
     with Client("http://testserver", http=cond_app_client) as c:
         assert c.info()["inputs"]["mnist"]["dtype"] == "|u1"
         out = c.predict(items, seed=11)
+        scale = c.info()["model"]["noise_scale"]  # the server's, for the left-out image
     direct = Predictor.from_path(tiny_conditional_bundle, device="cpu").predict(
-        [items[0], {"mnist_label": {"CLASS": "7"}}], seeds=[11, 12]
+        [items[0], {"mnist_label": {"CLASS": "7"}}], seeds=[11, 12], noise_scale=scale
     )
     assert len(out) == 2
     for got, want in zip(out, direct, strict=True):

@@ -89,9 +89,9 @@ def test_slow_prediction_is_504(tiny_bundle: Path, digits_dir: Path) -> None:
     with TestClient(app) as client:
         real = app.state.service.predictor.predict
 
-        def slow(items, seeds):  # type: ignore[no-untyped-def]
+        def slow(items, seeds, **kw):  # type: ignore[no-untyped-def]
             time.sleep(0.6)
-            return real(items, seeds)
+            return real(items, seeds, **kw)
 
         app.state.service.predictor.predict = slow
         r = client.post("/predict", json=body)

@@ -23,7 +23,7 @@ from eir_serve.settings import Settings
 def test_batcher_refuses_past_max_queue_and_recovers() -> None:
     gate = threading.Event()
 
-    def slow(items, seeds):  # type: ignore[no-untyped-def]
+    def slow(items, seeds, scales):  # type: ignore[no-untyped-def]
         gate.wait(5)
         return [i * 10 for i in items]
 
@@ -31,15 +31,15 @@ def test_batcher_refuses_past_max_queue_and_recovers() -> None:
     b.start()
 
     async def scenario() -> None:
-        first = asyncio.create_task(b.submit([1, 2], [0, 1]))
+        first = asyncio.create_task(b.submit([1, 2], [0, 1], [1.0, 1.0]))
         await asyncio.sleep(0.05)
-        second = asyncio.create_task(b.submit([3], [2]))  # waits behind the running batch
+        second = asyncio.create_task(b.submit([3], [2], [1.0]))  # waits behind the running batch
         await asyncio.sleep(0.05)
-        with pytest.raises(QueueFull):
-            await b.submit([4, 5, 6], [3, 4, 5])  # 1 waiting + 3 > max_queue (the running batch no longer counts)
+        with pytest.raises(QueueFull):  # 1 waiting + 3 > max_queue (the running batch no longer counts)
+            await b.submit([4, 5, 6], [3, 4, 5], [1.0, 1.0, 1.0])
         gate.set()
         assert await first == [10, 20] and await second == [30]
-        assert await b.submit([7], [0]) == [70]  # accepts again once drained
+        assert await b.submit([7], [0], [1.0]) == [70]  # accepts again once drained
 
     asyncio.run(scenario())
     b.stop()
@@ -53,9 +53,9 @@ def test_full_queue_is_503_with_retry_after(tiny_bundle: Path, digits_dir: Path)
         service = app.state.service
         real = service.predictor.predict
 
-        def slow(items, seeds):  # type: ignore[no-untyped-def]
+        def slow(items, seeds, **kw):  # type: ignore[no-untyped-def]
             time.sleep(0.3)
-            return real(items, seeds)
+            return real(items, seeds, **kw)
 
         service.predictor.predict = slow
         results: list[object] = []
@@ -107,7 +107,7 @@ def test_codec_refuses_every_wrong_form(value: object) -> None:
 def test_a_client_that_goes_away_does_not_poison_later_batches() -> None:
     gate = threading.Event()
 
-    def slow(items, seeds):  # type: ignore[no-untyped-def]
+    def slow(items, seeds, scales):  # type: ignore[no-untyped-def]
         gate.wait(5)
         return [i + 100 for i in items]
 
@@ -115,18 +115,18 @@ def test_a_client_that_goes_away_does_not_poison_later_batches() -> None:
     b.start()
 
     async def scenario() -> None:
-        running = asyncio.create_task(b.submit([1], [0]))
+        running = asyncio.create_task(b.submit([1], [0], [1.0]))
         await asyncio.sleep(0.05)
-        gone = asyncio.create_task(b.submit([2], [0]))  # queued behind the running batch
+        gone = asyncio.create_task(b.submit([2], [0], [1.0]))  # queued behind the running batch
         await asyncio.sleep(0.05)
         gone.cancel()  # the client disconnected
-        stays = asyncio.create_task(b.submit([3], [0]))
+        stays = asyncio.create_task(b.submit([3], [0], [1.0]))
         await asyncio.sleep(0.05)
         gate.set()
         assert await running == [101]
         assert await stays == [103]
         assert gone.cancelled()
-        assert await b.submit([4, 5], [0, 1]) == [104, 105]
+        assert await b.submit([4, 5], [0, 1], [1.0, 1.0]) == [104, 105]
         assert b.queue_depth == 0
 
     asyncio.run(scenario())

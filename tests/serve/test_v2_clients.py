@@ -227,10 +227,10 @@ def test_shutdown_lets_an_inflight_grpc_call_finish_then_refuses(tiny_bundle: Pa
         service = lv.app.state.service
         real, entered = service.predictor.predict, threading.Event()
 
-        def slow(items: Any, seeds: Any) -> Any:
+        def slow(items: Any, seeds: Any, **kw: Any) -> Any:
             entered.set()
             threading.Event().wait(0.5)  # the call is in flight while shutdown starts
-            return real(items, seeds)
+            return real(items, seeds, **kw)
 
         service.predictor.predict = slow
         t = grpcclient.InferInput("mnist", [1, 1, 8, 8], "UINT8")

@@ -1,11 +1,14 @@
 """Filling in missing inputs, the same way in training (modality dropout) and at generation.
 
-A missing array input becomes standard-normal noise in normalized space; a missing tabular
+A missing array input becomes standard-normal noise in normalized space (training always uses
+N(0, 1); generation may scale it, ``scale`` × the same seeded draw); a missing tabular
 input becomes the ``__NULL__`` category for every categorical column and 0 (the training
 mean) for every continuous one. The noise is the only randomness of generation.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -17,11 +20,28 @@ def null_codes(enc: TabularEncoding) -> torch.Tensor:
     return torch.tensor([enc.categories[c].index(NULL) for c in enc.cat_columns], dtype=torch.int64)
 
 
-def impute_array_(x: torch.Tensor, missing: np.ndarray, generator: torch.Generator | None = None) -> None:
-    """Replace rows of ``x`` where ``missing`` with N(0, 1) noise, in place."""
+def check_noise_scale(scale: float) -> float:
+    """``scale`` as a float, or ValueError unless it is finite and >= 0."""
+    s = float(scale)
+    if not math.isfinite(s) or s < 0:
+        raise ValueError(f"noise scale must be a finite number >= 0, got {scale!r}")
+    return s
+
+
+def impute_array_(
+    x: torch.Tensor, missing: np.ndarray, generator: torch.Generator | None = None, scale: float = 1.0
+) -> None:
+    """Replace rows of ``x`` where ``missing`` with N(0, 1) noise times ``scale``, in place.
+
+    The draw does not depend on ``scale``: the same generator state gives ``scale`` × the
+    scale-1 noise (0 gives zeros, the normalized mean)."""
+    scale = check_noise_scale(scale)
     if missing.any():
         rows = torch.from_numpy(np.nonzero(missing)[0])
-        x[rows] = torch.randn((len(rows), *x.shape[1:]), generator=generator).to(x.device, x.dtype)
+        noise = torch.randn((len(rows), *x.shape[1:]), generator=generator)
+        if scale != 1.0:
+            noise.mul_(scale)
+        x[rows] = noise.to(x.device, x.dtype)
 
 
 def impute_tabular_(x: dict[str, torch.Tensor], missing: np.ndarray, codes: torch.Tensor) -> None:

@@ -1,7 +1,7 @@
 """Predictor: a bundle on a device; raw inputs in, un-normalized float32 arrays out.
 
 Used by ``eirserve`` and by training's sample generation, so that both generate the same
-way: normalize -> impute missing inputs (seeded noise) -> forward -> un-normalize.
+way: normalize -> impute missing inputs (seeded noise, optionally scaled) -> forward -> un-normalize.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from eir_core.data.tabular import NULL, TabularEncoding
 from eir_core.device import resolve_device
 from eir_core.errors import BundleError, InputError
 from eir_core.graph import trace_for_inference
-from eir_core.imputation import impute_array_, impute_tabular_, null_codes
+from eir_core.imputation import check_noise_scale, impute_array_, impute_tabular_, null_codes
 from eir_core.manifest import ArrayInput, ArrayOutput, Manifest, TabularInput
 from eir_core.model.meta import MetaModel
 
@@ -64,7 +64,7 @@ class Predictor:
         self.graph = "eager"
         if graph == "torchscript" or (graph == "auto" and self.device.type == "cpu"):
             dummy = self.manifest.dummy_item()
-            traced, why = trace_for_inference(self.model, lambda n: self._batch([dummy] * n, range(n)))
+            traced, why = trace_for_inference(self.model, lambda n: self._batch([dummy] * n, range(n), [1.0] * n))
             if traced is None:
                 log.warning("%s: running the model eagerly (TorchScript: %s)", source, why)
             else:
@@ -134,7 +134,7 @@ class Predictor:
             if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v):
                 raise InputError(f"{name}.{col}", f"expected a finite number, got {v!r}")
 
-    def _batch(self, items: Sequence[Item], seeds: Sequence[int]) -> dict[str, Any]:
+    def _batch(self, items: Sequence[Item], seeds: Sequence[int], scales: Sequence[float]) -> dict[str, Any]:
         n = len(items)
         batch: dict[str, Any] = {}
         for name, entry in self.inputs.items():
@@ -148,7 +148,8 @@ class Predictor:
                     x[torch.tensor(given)] = self.input_stats[name].normalize(torch.from_numpy(raw))
                 for i in (i for i in range(n) if missing[i]):
                     # One generator per item: batched and unbatched answers agree.
-                    impute_array_(x[i : i + 1], np.array([True]), torch.Generator().manual_seed(int(seeds[i])))
+                    gen = torch.Generator().manual_seed(int(seeds[i]))
+                    impute_array_(x[i : i + 1], np.array([True]), gen, scales[i])
                 batch[name] = x.to(self.device, non_blocking=True)
             else:
                 enc = self.encodings[name]
@@ -167,13 +168,25 @@ class Predictor:
         return batch
 
     @torch.inference_mode()
-    def predict(self, items: Sequence[Item], seeds: Sequence[int] | None = None) -> list[dict[str, np.ndarray]]:
-        """Un-normalized float32 outputs, one dict per item (items must pass ``check_item``)."""
+    def predict(
+        self, items: Sequence[Item], seeds: Sequence[int] | None = None, noise_scale: float | Sequence[float] = 1.0
+    ) -> list[dict[str, np.ndarray]]:
+        """Un-normalized float32 outputs, one dict per item (items must pass ``check_item``).
+
+        ``noise_scale`` (one for all items, or one per item) multiplies the N(0, 1) noise that
+        replaces a left-out array input: the same seed at scale s is s × the scale-1 noise.
+        1.0 is what the model was trained with (and what EIR imputes)."""
         if not items:
             return []
         if seeds is None:
             seeds = [int(s) for s in np.random.SeedSequence().generate_state(len(items))]
-        out = self.forward(self._batch(items, seeds))
+        if isinstance(noise_scale, Sequence | np.ndarray):
+            scales = [check_noise_scale(s) for s in noise_scale]
+            if len(scales) != len(items):
+                raise ValueError(f"{len(scales)} noise scales for {len(items)} items; give one per item")
+        else:
+            scales = [check_noise_scale(noise_scale)] * len(items)
+        out = self.forward(self._batch(items, seeds, scales))
         arrays = {
             name: self.output_stats[name].denormalize(y.float()).cpu().numpy().astype(np.float32, copy=False)
             for name, y in out.items()

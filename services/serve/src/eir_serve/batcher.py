@@ -3,8 +3,8 @@
 Requests put their items on a bounded queue and await a future; one worker thread takes the
 first waiting request, then more for up to ``batch_timeout`` while the batch stays within
 ``max_batch_size`` items, runs ONE predict call and hands each request its slice. The event
-loop never runs model code. Items carry their own noise seeds, so an item's answer does not
-depend on what it was batched with.
+loop never runs model code. Items carry their own noise seeds and noise scales, so an item's
+answer does not depend on what it was batched with.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 log = logging.getLogger("eir_serve.batcher")
 
-PredictFn = Callable[[Sequence[Any], Sequence[int]], list[Any]]
+PredictFn = Callable[[Sequence[Any], Sequence[int], Sequence[float]], list[Any]]  # items, seeds, noise scales
 
 
 class QueueFull(Exception):
@@ -31,6 +31,7 @@ class QueueFull(Exception):
 class _Job:
     items: Sequence[Any]
     seeds: Sequence[int]
+    noise_scales: Sequence[float]
     future: asyncio.Future[list[Any]]
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.perf_counter)
@@ -63,7 +64,9 @@ class Batcher:
     def start(self) -> None:
         self._thread.start()
 
-    async def submit(self, items: Sequence[Any], seeds: Sequence[int]) -> list[Any]:
+    async def submit(self, items: Sequence[Any], seeds: Sequence[int], noise_scales: Sequence[float]) -> list[Any]:
+        if len(seeds) != len(items) or len(noise_scales) != len(items):
+            raise ValueError(f"{len(items)} items need as many seeds and noise scales")
         if self._stopping:
             raise QueueFull("the server is shutting down")
         with self._lock:
@@ -71,7 +74,7 @@ class Batcher:
                 raise QueueFull(f"{self._waiting_items} items are waiting (max_queue={self.max_queue})")
             self._waiting_items += len(items)
         loop = asyncio.get_running_loop()
-        job = _Job(items, seeds, loop.create_future(), loop)
+        job = _Job(items, seeds, noise_scales, loop.create_future(), loop)
         self._queue.put(job)
         return await job.future
 
@@ -121,8 +124,9 @@ class Batcher:
             return
         items = [it for j in live for it in j.items]
         seeds = [s for j in live for s in j.seeds]
+        scales = [s for j in live for s in j.noise_scales]
         try:
-            results = self.predict(items, seeds)
+            results = self.predict(items, seeds, scales)
         except Exception as e:  # one bad batch must not stop the worker
             log.exception("prediction failed")
             _deliver([(j, e) for j in live])

@@ -22,6 +22,7 @@ import numpy as np
 from eir_core.manifest import ArrayInput
 from eir_serve.errors import ApiError
 from eir_serve.service import ModelService
+from eir_serve.settings import MAX_NOISE_SCALE
 
 VERSION = "1"  # the bundle is the model's one version
 PLATFORM = "pytorch_eir"
@@ -306,6 +307,15 @@ def parse_seed(value: Any) -> int | None:
     return value
 
 
+def parse_noise_scale(value: Any) -> float | None:
+    """The request parameter ``noise_scale`` (absent: the server's ``--noise-scale``)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_NOISE_SCALE:
+        raise bad(f"parameter 'noise_scale': expected a number in 0..{MAX_NOISE_SCALE:g}, got {value!r}")
+    return float(value)
+
+
 def requested_outputs(service: ModelService, names: Sequence[str]) -> list[TensorSpec]:
     specs = output_specs(service)
     if not names:
@@ -319,8 +329,12 @@ def requested_outputs(service: ModelService, names: Sequence[str]) -> list[Tenso
 
 
 async def infer(
-    service: ModelService, items: list[dict[str, Any]], seed: int | None, outputs: list[TensorSpec]
+    service: ModelService,
+    items: list[dict[str, Any]],
+    seed: int | None,
+    outputs: list[TensorSpec],
+    noise_scale: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Run the items through the shared batcher; each requested output as FP32 ``[N, *shape]``."""
-    results = await service.run(items, seed)
+    results = await service.run(items, seed, noise_scale)
     return {o.name: np.stack([r[o.name] for r in results]).astype(np.float32, copy=False) for o in outputs}

@@ -46,14 +46,16 @@ class ModelService:
         self.outputs = predictor.outputs
         self._entropy = np.random.default_rng()
 
-    def _predict(self, items: Sequence[Any], seeds: Sequence[int]) -> list[dict[str, np.ndarray]]:
-        out = self.predictor.predict(items, seeds)
+    def _predict(
+        self, items: Sequence[Any], seeds: Sequence[int], noise_scales: Sequence[float]
+    ) -> list[dict[str, np.ndarray]]:
+        out = self.predictor.predict(items, seeds, noise_scale=noise_scales)
         self.metrics.items.inc(len(items))
         return out
 
     def warm_up(self) -> None:
         """One forward pass before the service reports ready (allocations, lazy init)."""
-        self.predictor.predict([self.predictor.manifest.dummy_item()], [0])
+        self.predictor.predict([self.predictor.manifest.dummy_item()], [0], noise_scale=self.settings.noise_scale)
 
     # -------------------------------------------------------------- EIR payload
     def decode_items(self, body: Any) -> list[dict[str, Any]]:
@@ -116,13 +118,17 @@ class ModelService:
                 raise item_error(index, f"{name}.{col}", f"expected a category string{eg}; got {v!r}")
         return out
 
-    async def run(self, items: list[dict[str, Any]], seed: int | None) -> list[dict[str, np.ndarray]]:
+    async def run(
+        self, items: list[dict[str, Any]], seed: int | None, noise_scale: float | None = None
+    ) -> list[dict[str, np.ndarray]]:
+        """``noise_scale`` (already checked by the route) overrides the server's for this request."""
         if seed is None:  # fresh noise: from a generator seeded once from the OS (one getrandom per process)
             seeds = [int(s) for s in self._entropy.integers(0, 2**62, size=len(items))]
         else:
             seeds = [seed + i for i in range(len(items))]
+        scales = [self.settings.noise_scale if noise_scale is None else noise_scale] * len(items)
         try:
-            return await asyncio.wait_for(self.batcher.submit(items, seeds), self.settings.request_timeout_s)
+            return await asyncio.wait_for(self.batcher.submit(items, seeds, scales), self.settings.request_timeout_s)
         except QueueFull as e:
             raise ApiError(
                 503, "overloaded", f"server busy: {e}; retry shortly", headers={"Retry-After": "1"}
@@ -139,4 +145,6 @@ class ModelService:
 
     # -------------------------------------------------------------- /info
     def info(self) -> InfoResponse:
-        return InfoResponse.model_validate(self.predictor.manifest.info(str(self.predictor.device)))
+        info = self.predictor.manifest.info(str(self.predictor.device))
+        info["model"]["noise_scale"] = self.settings.noise_scale  # the server's, not the bundle's
+        return InfoResponse.model_validate(info)

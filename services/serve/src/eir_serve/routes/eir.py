@@ -11,6 +11,7 @@ from eir_serve.auth import require_api_key
 from eir_serve.body import JsonBodyRoute
 from eir_serve.deps import ServiceDep
 from eir_serve.schemas.eir import ErrorResponse, InfoResponse, PredictRequest, PredictResponse
+from eir_serve.settings import MAX_NOISE_SCALE
 
 PREDICT_DOC = """A JSON **list** of items, each an object keyed by input name (EIR's payload):
 
@@ -22,6 +23,8 @@ PREDICT_DOC = """A JSON **list** of items, each an object keyed by input name (E
 Inputs trained with modality dropout (`"optional": true` in `/info`) may be left out: they are
 imputed with noise, so a label alone generates a digit. `?seed=N` makes that noise
 reproducible (item *i* uses seed N+i); without it every call draws new noise.
+`?noise_scale=X` (0 to 10) scales that N(0, 1) noise for this request instead of the server's
+`--noise-scale` (see `/info`, `model.noise_scale`); 1 is EIR's imputation.
 
 Answer: `{"result": [{"<output>": "<base64 of raw float32 bytes>"}, ...]}` in request order,
 un-normalized (pixel scale). Every problem is a 4xx with
@@ -51,9 +54,18 @@ def build_router(example: list[dict[str, Any]]) -> APIRouter:
         items: Annotated[PredictRequest, Body(openapi_examples=examples)],
         service: ServiceDep,
         seed: Annotated[int | None, Query(ge=0, le=2**62, description="noise seed")] = None,
+        noise_scale: Annotated[
+            float | None,
+            Query(
+                ge=0,
+                le=MAX_NOISE_SCALE,
+                allow_inf_nan=False,
+                description="scale of the noise of left-out inputs (absent: the server's, see /info)",
+            ),
+        ] = None,
     ) -> Response:
         decoded = service.decode_items(items.root)
-        return service.encode(await service.run(decoded, seed))
+        return service.encode(await service.run(decoded, seed, noise_scale))
 
     @r.get("/info", description="Inputs and outputs: type, shape, dtype; categories of tabular inputs.")
     async def info(service: ServiceDep) -> InfoResponse:

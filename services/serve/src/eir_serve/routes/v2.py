@@ -128,10 +128,11 @@ async def _infer(service: ModelService, name: str, version: str | None, request:
         raise bad(_describe(e)) from None
     params = req.parameters or {}
     seed = protocol.parse_seed(params.get("seed"))
+    noise_scale = protocol.parse_noise_scale(params.get("noise_scale"))
     outputs = protocol.requested_outputs(service, [o.name for o in req.outputs or []])
     binary_out = _binary_outputs(req, outputs, params.get("binary_data_output", False))
     items = protocol.decode_inputs(service, _request_tensors(req.inputs, binary))
-    arrays = await protocol.infer(service, items, seed, outputs)
+    arrays = await protocol.infer(service, items, seed, outputs, noise_scale)
     return _answer(name, req.id, arrays, binary_out)
 
 

@@ -108,6 +108,10 @@ class ModelInfo(BaseModel):
     training: dict[str, Any] | None = Field(description="training summary: iteration, validation loss, time")
     device: str
     eir_core_version: str | None
+    noise_scale: float = Field(
+        description="this server's default scale of the N(0,1) noise that replaces a left-out input "
+        "(1: EIR's imputation); ?noise_scale= overrides it per request"
+    )
 
 
 class InfoResponse(BaseModel):

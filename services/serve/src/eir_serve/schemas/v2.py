@@ -1,8 +1,8 @@
 """The Open Inference Protocol's (KServe V2) REST payloads, with the protocol's field names.
 
 Parameters are free-form (``{"seed": 3, "binary_data_output": true}``); the ones eirserve reads are
-``seed`` (request), ``binary_data_output`` (request), ``binary_data`` (requested output) and
-``binary_data_size`` (input or output tensor, binary tensor data extension).
+``seed`` and ``noise_scale`` (request), ``binary_data_output`` (request), ``binary_data`` (requested
+output) and ``binary_data_size`` (input or output tensor, binary tensor data extension).
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ class RequestedOutput(_Lenient):
 class InferRequest(_Lenient):
     id: StrictStr | None = None
     parameters: Parameters | None = Field(
-        None, description='"seed": noise seed of imputed inputs (item i uses seed+i); "binary_data_output": true'
+        None,
+        description='"seed": noise seed of imputed inputs (item i uses seed+i); "noise_scale": scale of that '
+        'noise, 0..10 (absent: the server default); "binary_data_output": true',
     )
     inputs: list[InferTensor] = Field(min_length=1)
     outputs: list[RequestedOutput] | None = Field(None, description="absent: every output")
