@@ -37,9 +37,9 @@ def _read_until_closed(s: socket.socket, deadline_s: float) -> bytes:
 
 @pytest.mark.parametrize("http", ["httptools", "h11"])
 def test_stalled_headers_get_408_with_either_parser(tiny_bundle: Path, http: str) -> None:
+    flags = ["--port", "0", "--grpc-port", "0", "--http", http, "--body-timeout-s", "1", "--log-level", "info"]
     proc = subprocess.Popen(
-        [*EIRSERVE, "--model-path", str(tiny_bundle), "--port", "0", "--grpc-port", "0"]
-        + ["--http", http, "--body-timeout-s", "1", "--log-level", "info"],
+        [*EIRSERVE, "--model-path", str(tiny_bundle), *flags],
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "EIR_SERVE_DEVICE": "cpu"},

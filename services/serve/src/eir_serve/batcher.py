@@ -45,12 +45,14 @@ class Batcher:
         batch_timeout_s: float,
         max_queue: int,
         on_batch: Callable[[int], None] | None = None,
+        on_depth: Callable[[int], None] | None = None,
     ) -> None:
         self.predict = predict
         self.max_batch_size = max_batch_size
         self.batch_timeout_s = batch_timeout_s
         self.max_queue = max_queue
         self.on_batch = on_batch
+        self.on_depth = on_depth  # told the number of waiting items whenever it changes
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._waiting_items = 0
         self._lock = threading.Lock()
@@ -73,6 +75,8 @@ class Batcher:
             if self._waiting_items + len(items) > self.max_queue:
                 raise QueueFull(f"{self._waiting_items} items are waiting (max_queue={self.max_queue})")
             self._waiting_items += len(items)
+            if self.on_depth is not None:
+                self.on_depth(self._waiting_items)
         loop = asyncio.get_running_loop()
         job = _Job(items, seeds, noise_scales, loop.create_future(), loop)
         self._queue.put(job)
@@ -120,6 +124,8 @@ class Batcher:
         live = [j for j in jobs if not j.future.cancelled()]  # clients that went away
         with self._lock:
             self._waiting_items -= sum(len(j.items) for j in jobs)
+            if self.on_depth is not None:
+                self.on_depth(self._waiting_items)
         if not live:
             return
         items = [it for j in live for it in j.items]

@@ -83,13 +83,15 @@ def load_settings(argv: Sequence[str] | None) -> Settings:
     return Settings(**given)
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """The listening address, taken before the model loads; OSError says why not."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
         0
     ]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart past TIME_WAIT
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind(address)
     except OSError:
@@ -128,16 +130,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             from eir_serve.grpc.server import check_port_free
 
             check_port_free(settings.host, settings.grpc_port)
-        app = create_app(settings)
+        app = create_app(settings)  # the supervisor of --workers builds one too: the same checks
     except (EirError, ValueError) as e:
         print(f"eirserve: error: {e}", file=sys.stderr)
         return 2
     try:  # before the model loads: a busy port is refused in a moment, not after the warm-up
-        sock = bind(settings.host, settings.port)
+        sock = bind(settings.host, settings.port, settings.reuse_port)
     except OSError as e:
         print(f"eirserve: error: {_bind_error(settings.host, settings.port, e)}", file=sys.stderr)
         return 2
     port = int(sock.getsockname()[1])
+    if settings.workers > 1:  # the port is free (bound without SO_REUSEPORT); the workers share it
+        sock.close()
+        from eir_serve.workers import run_workers
+
+        return run_workers(settings, port, list(sys.argv[1:] if argv is None else argv))
     parser, loop = http_stack(settings)
     log.info("listening on http://%s:%d (answers once the model is loaded)", settings.host, port)
     log.info("HTTP: %s parser, %s event loop", parser, loop)

@@ -1,11 +1,19 @@
-"""Prometheus metrics, one registry per app (no global state between apps or tests)."""
+"""Prometheus metrics, one registry per app (no global state between apps or tests).
+
+Under ``eirserve --workers N`` every worker process writes its values to files in
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode, chosen by that variable when
+the library is imported), and ``/metrics`` in any worker reads them all: counters and histograms
+are summed over the workers, the queue depth is the sum over the live ones.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -26,8 +34,19 @@ class Metrics:
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         )
-        self.queue_depth = Gauge("eir_queue_depth", "items waiting for a forward pass", registry=self.registry)
+        self.queue_depth = Gauge(
+            "eir_queue_depth", "items waiting for a forward pass", registry=self.registry, multiprocess_mode="livesum"
+        )
         self.items = Counter("eir_predicted_items_total", "items predicted", registry=self.registry)
+
+    def render(self) -> bytes:
+        """The Prometheus text of this process, or of all worker processes in multiprocess mode."""
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not directory:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]  # unannotated upstream
+        return generate_latest(registry)
 
 
 class MetricsMiddleware:

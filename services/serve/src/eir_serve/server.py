@@ -38,6 +38,7 @@ except ImportError:  # httptools not installed: h11 only
 
 from eir_serve.errors import ApiError, error_body
 from eir_serve.settings import Settings
+from eir_serve.workers import supervisor_gone
 
 log = logging.getLogger("eir_serve")
 READY_PATHS = {"/ready": {"status": "draining"}, "/v2/health/ready": {"ready": False}}
@@ -223,6 +224,9 @@ class DrainingServer(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         if self.drain_until is not None and time.monotonic() >= self.drain_until:
             self.should_exit = True
+        if counter % 10 == 0 and not self.should_exit and supervisor_gone():  # a worker whose supervisor died
+            log.warning("the supervisor of --workers is gone: stopping")
+            self.handle_exit(signal.SIGTERM, None)
         return await super().on_tick(counter)
 
 

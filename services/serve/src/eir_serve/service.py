@@ -40,8 +40,8 @@ class ModelService:
             settings.batch_timeout_ms / 1000,
             settings.max_queue,
             on_batch=metrics.batch_size.observe,
+            on_depth=metrics.queue_depth.set,
         )
-        self.metrics.queue_depth.set_function(lambda: self.batcher.queue_depth)
         self.inputs = predictor.inputs
         self.outputs = predictor.outputs
         self._entropy = np.random.default_rng()

@@ -58,6 +58,16 @@ class Settings(BaseSettings):
         0.0, ge=0, description="on SIGTERM, report not ready but keep serving this long (load balancers stop sending)"
     )
     graceful_timeout_s: int = Field(30, ge=1, description="then wait at most this long for requests in flight")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="server processes sharing the port (SO_REUSEPORT), each with its own model copy and batcher; "
+        "/metrics sums them",
+    )
+    reuse_port: bool = Field(
+        False, description="bind with SO_REUSEPORT, so that several eirserve processes share the port (--workers does)"
+    )
     graph: Literal["auto", "eager", "torchscript"] = Field(
         "auto",
         description="how the forward pass runs: torchscript traces and freezes the model at load (checked "

@@ -251,7 +251,8 @@ async def grpc_service(
         options=[
             ("grpc.max_receive_message_length", settings.max_body_bytes),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+            # A second server on a taken port must fail, not share it, unless sharing is the point.
+            ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ]
     )
     servicer = InferenceServicer(state, metrics, check_call)

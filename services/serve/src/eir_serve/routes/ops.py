@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from eir_serve.body import JsonBodyRoute
 from eir_serve.deps import ServiceDep
@@ -28,7 +28,7 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/metrics", description="Prometheus text format.")
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 echo_router = APIRouter(tags=["ops"], route_class=JsonBodyRoute)
