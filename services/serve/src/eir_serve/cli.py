@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from eir_core.errors import EirError
+from eir_serve.ports import check_port_free
 from eir_serve.settings import Settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -121,16 +122,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     try:  # cheap checks: the device, the bundle's manifest (the model itself loads in the lifespan)
-        from eir_core.device import resolve_device
-        from eir_serve.app import create_app
-        from eir_serve.server import draining_server, http_stack
-
-        resolve_device(settings.device)
         if settings.grpc_port:
-            from eir_serve.grpc.server import check_port_free
-
             check_port_free(settings.host, settings.grpc_port)
-        app = create_app(settings)  # the supervisor of --workers builds one too: the same checks
+        if settings.workers == 1:  # the supervisor of --workers leaves these to its workers: no PyTorch in it
+            from eir_core.device import resolve_device
+            from eir_serve.app import create_app
+
+            resolve_device(settings.device)
+            app = create_app(settings)
     except (EirError, ValueError) as e:
         print(f"eirserve: error: {e}", file=sys.stderr)
         return 2
@@ -145,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from eir_serve.workers import run_workers
 
         return run_workers(settings, port, list(sys.argv[1:] if argv is None else argv))
+    from eir_serve.server import draining_server, http_stack
+
     parser, loop = http_stack(settings)
     log.info("listening on http://%s:%d (answers once the model is loaded)", settings.host, port)
     log.info("HTTP: %s parser, %s event loop", parser, loop)

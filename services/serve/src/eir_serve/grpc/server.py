@@ -14,7 +14,6 @@ Every call passes through ``InferenceServicer._call``: the one place where a per
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -28,6 +27,7 @@ from eir_serve.errors import ApiError
 from eir_serve.grpc import grpc_predict_v2_pb2 as pb
 from eir_serve.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from eir_serve.metrics import Metrics
+from eir_serve.ports import GrpcPortError
 from eir_serve.protocol import RequestTensor, TensorSpec, bad
 from eir_serve.service import ModelService
 from eir_serve.settings import Settings
@@ -215,23 +215,6 @@ def from_contents(spec: TensorSpec, shape: Sequence[int], contents: pb.InferTens
     if dt.kind == "f" and not np.isfinite(arr).all():
         raise bad(f"input {spec.name!r}: contains NaN or infinite values")
     return arr
-
-
-class GrpcPortError(ValueError):
-    """The gRPC port cannot be bound; the message says which and what to do."""
-
-
-def check_port_free(host: str, port: int) -> None:
-    """Fail before the model loads, with a message, when the gRPC port is taken."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT is no obstacle
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise GrpcPortError(
-                f"--grpc-port {port}: cannot listen on {_address(host, port)} ({e.strerror}); "
-                "pick another port, or 0 to turn gRPC off"
-            ) from None
 
 
 def _address(host: str, port: int) -> str:
