@@ -64,13 +64,13 @@ def git_commit() -> str:
     return r.stdout.strip() or "unknown"
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and its children (the workers of --workers), in MB."""
-    pids = [pid, *_children(pid)]
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of ``pid`` and its children (the workers of --workers), in MB. ``field``
+    RssAnon: the private part; RssFile: mapped files (shared libraries), shared between processes."""
     total = 0.0
-    for p in pids:
+    for p in [pid, *_children(pid)]:
         for line in Path(f"/proc/{p}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 total += int(line.split()[1]) / 1024
     return total
 
@@ -171,6 +171,7 @@ class Server:
             time.sleep(0.01)  # poll interval
         self.ready_s = time.perf_counter() - t0
         self.rss_ready_mb = rss_mb(self.proc.pid)
+        self.rss_ready_anon_mb = rss_mb(self.proc.pid, "RssAnon")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -420,6 +421,7 @@ def main() -> None:
             if eir:
                 servers.append(eir)
             result["ready_s"] = {"ours": round(ours.ready_s, 2), **({"eir": round(eir.ready_s, 2)} if eir else {})}
+            result["rss_ready_anon_mb"] = {"ours": round(ours.rss_ready_anon_mb, 1)}
             result["rss_ready_mb"] = {
                 "ours": round(ours.rss_ready_mb, 1),
                 **({"eir": round(eir.rss_ready_mb, 1)} if eir else {}),
@@ -573,7 +575,8 @@ def render(r: dict[str, Any]) -> str:
     s = r["soak"]
     lines += [
         "",
-        f"Start to ready: ours {r['ready_s']['ours']} s (RSS {r['rss_ready_mb']['ours']} MB)"
+        f"Start to ready: ours {r['ready_s']['ours']} s (RSS {r['rss_ready_mb']['ours']} MB, of which "
+        f"{r['rss_ready_anon_mb']['ours']} MB private; the rest is mapped shared libraries, mostly PyTorch's)"
         + (
             f", EIR {r['ready_s']['eir']} s to its first answer (RSS {r['rss_ready_mb']['eir']} MB, "
             f"{r['rss_after_mb']['eir']} MB after its runs)"

@@ -76,7 +76,8 @@ class BodyTimeoutMiddleware:
             try:
                 if remaining <= 0:
                     raise TimeoutError
-                message = await asyncio.wait_for(receive(), remaining)
+                async with asyncio.timeout(remaining):  # no task per receive, unlike wait_for
+                    message = await receive()
             except TimeoutError:
                 raise BodyTimeout(self.timeout_s) from None
             if message["type"] != "http.request" or not message.get("more_body", False):

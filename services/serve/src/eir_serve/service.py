@@ -128,7 +128,8 @@ class ModelService:
             seeds = [seed + i for i in range(len(items))]
         scales = [self.settings.noise_scale if noise_scale is None else noise_scale] * len(items)
         try:
-            return await asyncio.wait_for(self.batcher.submit(items, seeds, scales), self.settings.request_timeout_s)
+            async with asyncio.timeout(self.settings.request_timeout_s):  # no extra task, unlike wait_for
+                return await self.batcher.submit(items, seeds, scales)
         except QueueFull as e:
             raise ApiError(
                 503, "overloaded", f"server busy: {e}; retry shortly", headers={"Retry-After": "1"}
