@@ -50,8 +50,11 @@ lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy packages/core/src $(wildcard services/serve/src)
 
+# Side by side with EIR 0.25: bash benchmarks/eir_reference.sh install, then make bench BENCH_FLAGS=--with-eir
+BENCH_FLAGS ?=
 bench: setup
-	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/train_throughput.py $(BENCH_FLAGS)
+	$(PY) benchmarks/serve_load.py --levers $(BENCH_FLAGS)
 
 docker-smoke:
 	bash scripts/docker_smoke.sh
