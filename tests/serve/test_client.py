@@ -46,6 +46,19 @@ def test_client_predicts_what_the_predictor_does(
     out[0]["mnist_output"] += 1  # the answer's arrays are the caller's to change
 
 
+def test_client_passes_a_noise_scale(cond_app_client: TestClient, tiny_conditional_bundle: Path) -> None:
+    label = [{"mnist_label": {"CLASS": "4"}}]
+    predictor = Predictor.from_path(tiny_conditional_bundle, device="cpu")
+    with Client("http://testserver", http=cond_app_client) as c:
+        for scale in (0.0, 2.5):
+            got = c.predict(label, seed=3, noise_scale=scale)[0]["mnist_output"]
+            want = predictor.predict([{"mnist_label": {"CLASS": "4"}}], seeds=[3], noise_scale=scale)[0]
+            np.testing.assert_allclose(got, want["mnist_output"], rtol=1e-4, atol=1e-3)
+        with pytest.raises(EirServeError) as e:
+            c.predict(label, noise_scale=-1.0)
+        assert e.value.field == "noise_scale"
+
+
 def test_client_converts_to_the_model_dtype_only_when_exact(cond_app_client: TestClient, digits_dir: Path) -> None:
     img = image(digits_dir)
     with Client("http://testserver", http=cond_app_client) as c:

@@ -96,8 +96,11 @@ def _checked(r: httpx.Response) -> dict[str, Any]:
     return body
 
 
-def _params(seed: int | None) -> dict[str, int]:
-    return {} if seed is None else {"seed": seed}
+def _params(seed: int | None, noise_scale: float | None = None) -> dict[str, int | float]:
+    params: dict[str, int | float] = {} if seed is None else {"seed": seed}
+    if noise_scale is not None:
+        params["noise_scale"] = noise_scale
+    return params
 
 
 class Client:
@@ -119,10 +122,13 @@ class Client:
             self._codec = _Codec(_checked(self._http.get(f"{self.url}/info")))
         return self._codec
 
-    def predict(self, items: Sequence[Item], seed: int | None = None) -> list[dict[str, np.ndarray]]:
-        """One dict of output arrays per item, in order. ``seed`` makes imputed inputs reproducible."""
+    def predict(
+        self, items: Sequence[Item], seed: int | None = None, noise_scale: float | None = None
+    ) -> list[dict[str, np.ndarray]]:
+        """One dict of output arrays per item, in order. ``seed`` makes imputed inputs reproducible;
+        ``noise_scale`` scales their noise for this call (None: the server's, see /info)."""
         codec = self._get_codec()
-        r = self._http.post(f"{self.url}/predict", json=codec.body(items), params=_params(seed))
+        r = self._http.post(f"{self.url}/predict", json=codec.body(items), params=_params(seed, noise_scale))
         return codec.decode(_checked(r))
 
     def close(self) -> None:
@@ -153,9 +159,11 @@ class AsyncClient:
             self._codec = _Codec(_checked(await self._http.get(f"{self.url}/info")))
         return self._codec
 
-    async def predict(self, items: Sequence[Item], seed: int | None = None) -> list[dict[str, np.ndarray]]:
+    async def predict(
+        self, items: Sequence[Item], seed: int | None = None, noise_scale: float | None = None
+    ) -> list[dict[str, np.ndarray]]:
         codec = await self._get_codec()
-        r = await self._http.post(f"{self.url}/predict", json=codec.body(items), params=_params(seed))
+        r = await self._http.post(f"{self.url}/predict", json=codec.body(items), params=_params(seed, noise_scale))
         return codec.decode(_checked(r))
 
     async def aclose(self) -> None:
