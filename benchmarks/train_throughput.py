@@ -103,10 +103,15 @@ def run_measured(
     return done, wall, seen
 
 
-def read_history(path: Path) -> dict[int, float]:
-    """iteration -> first value column of an EIR-style history log (iteration,loss-average,...)."""
-    rows = path.read_text().strip().splitlines()[1:] if path.exists() else []
-    return {int(r.split(",")[0]): float(r.split(",")[1]) for r in rows if r.strip()}
+def read_history(path: Path, column: str = "loss-average") -> dict[int, float]:
+    """iteration -> ``column`` of an EIR-style history log, found by its header (EIR writes
+    "iteration" then its metrics sorted by name; eirtrain iteration,loss-average,perf-average)."""
+    lines = path.read_text().strip().splitlines() if path.exists() else []
+    if not lines:
+        return {}
+    header = lines[0].split(",")
+    at = header.index(column)
+    return {int(r.split(",")[0]): float(r.split(",")[at]) for r in lines[1:] if r.strip()}
 
 
 def run_eirtrain(data: Path, run: Path, epochs: int, nproc: int = 1, extra: list[str] | None = None) -> dict[str, Any]:
@@ -138,6 +143,7 @@ def run_eirtrain(data: Path, run: Path, epochs: int, nproc: int = 1, extra: list
     last = max(valid)
     workers = [p["mb"] for p in procs.values() if "eir_core.cli.train" in p["cmd"]]
     launchers = [p["mb"] for p in procs.values() if "torch.distributed.run" in p["cmd"]]
+    renderers = [p["mb"] for p in procs.values() if "eir_core.train.render" in p["cmd"]]
     batch = 64
     params = re.search(r"model: (\d+) parameters", log)
     return {
@@ -151,6 +157,7 @@ def run_eirtrain(data: Path, run: Path, epochs: int, nproc: int = 1, extra: list
         "peak_rss_mb": max(p["mb"] for p in procs.values()),  # the largest single process
         "peak_rss_mb_workers": workers,
         "peak_rss_mb_launcher": launchers[0] if launchers else None,
+        "peak_rss_mb_renderer": max(renderers) if renderers else None,  # the plot process
         "final_validation_mse": valid[last],
         "final_iteration": last,
         "validation_mse": valid,
@@ -179,7 +186,8 @@ def bare_loop(data: Path, iterations: int, batch: int = 64) -> dict[str, float]:
     )
     torch.manual_seed(0)
     model = MetaModel(spec)
-    opt = build_optimizer(model, cfg.global_config.optimization)
+    opt = build_optimizer(model, cfg.global_config.optimization)  # the trainer's, from the same config
+    clip = cfg.global_config.optimization.gradient_clipping
     gen = torch.Generator().manual_seed(0)
     n = x.shape[0] - 1000
     model.train()
@@ -192,13 +200,19 @@ def bare_loop(data: Path, iterations: int, batch: int = 64) -> dict[str, float]:
             loss = torch.nn.functional.mse_loss(model({"mnist": xb})["mnist_output"], xb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
             opt.step()
             done += 1
             if done >= iterations:
                 break
     elapsed = time.perf_counter() - t0
-    return {"loop_s": round(elapsed, 2), "samples_per_s": round(iterations * batch / elapsed, 1)}
+    return {
+        "loop_s": round(elapsed, 2),
+        "samples_per_s": round(iterations * batch / elapsed, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "iterations": done,
+    }
 
 
 def _eir_parameters(log: Path) -> int | None:
@@ -272,6 +286,8 @@ def main() -> None:
             ]
         ours = run_eirtrain(data, Path(tmp) / "run", a.epochs, extra=extra)
         bare = bare_loop(data, int(ours["iterations"]))
+        if bare["parameters"] != ours["parameters"]:
+            sys.exit(f"the bare loop built {bare['parameters']} parameters, eirtrain {ours['parameters']}")
         ddp = run_eirtrain(data, Path(tmp) / "run_ddp", a.epochs, a.nproc, extra) if a.nproc > 1 else None
         eir = run_eir_reference(data, a.epochs, a.size, extra) if a.with_eir else None
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
@@ -328,6 +344,7 @@ def main() -> None:
         f"({bare['samples_per_s']} samples/s) |",
         f"| ratio trainer loop / bare loop | {result['ratio_trainer_loop_over_bare_loop']} |",
         f"| peak RSS of eirtrain | {ours['peak_rss_mb']} MB |",
+        f"| peak RSS of its plot renderer process | {ours['peak_rss_mb_renderer']} MB |",
         f"| final validation MSE (iteration {ours['final_iteration']}) | {ours['final_validation_mse']:.4f} |",
     ]
     if ddp:

@@ -31,6 +31,21 @@ def test_run_writes_manual_samples_latents_and_tsne(tiny_conditional_bundle: Pat
     assert (run / "latents_visualization_tsne.png").is_file()
 
 
+def test_every_validation_gets_its_plots(tiny_conditional_bundle: Path) -> None:
+    """The renderer draws the plots of every validation, not only of the last one (it runs at
+    idle priority during training and must still get through all of them)."""
+    run = tiny_conditional_bundle.parent.parent
+    samples = sorted((run / "results/mnist_output/mnist_output/samples").iterdir())
+    latents = sorted((run / "latents/latent_outputs").iterdir())
+    assert len(samples) == len(latents) > 1
+    for folder in samples:
+        for kind in ("auto", "manual"):
+            assert (folder / kind / "grid.png").stat().st_size > 1000, folder / kind
+            assert not (folder / kind / ".grid_arrays.npz").exists()  # consumed by the renderer
+    for folder in latents:
+        assert (folder / "fusion_modules.computed.fusion_modules.fusion.1.0" / "tsne.png").is_file(), folder
+
+
 def test_label_only_generation_is_seeded(tiny_conditional_bundle: Path) -> None:
     p = Predictor.from_path(tiny_conditional_bundle, device="cpu")
     assert p.optional_inputs == {"mnist"}
@@ -56,3 +71,36 @@ def test_manual_input_errors_name_the_input_and_allowed_values(
     bad_name = "--output.sampling_config.manual_inputs=[{'mnist_lable': {'CLASS': '1'}}]"
     assert eirtrain([*args, "--overwrite", bad_name]) == 2
     assert "unknown input 'mnist_lable'" in capsys.readouterr().err
+
+
+def test_renderer_draws_jobs_sent_before_and_after_the_end_of_training(tmp_path: Path) -> None:
+    """The renderer's loop, in this process: a job it gets while training goes on (stdin open),
+    then one more and the end of stdin (training over), as the trainer sends them."""
+    import os
+    import threading
+    import time
+
+    from eir_core.train.render import serve
+
+    r, w = os.pipe()
+    reader, writer = open(r), open(w, "w")
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (serve(reader), done.set()), daemon=True)
+    t.start()
+
+    def job(name: str) -> str:
+        path = tmp_path / f"{name}.png"
+        return json.dumps(
+            {"kind": "curve", "path": str(path), "train": [[1, 1.0], [2, 0.5]], "valid": [], "title": name}
+        )
+
+    writer.write(job("during") + "\n")
+    writer.flush()
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "during.png").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / "during.png").stat().st_size > 1000
+    writer.write(job("after") + "\n")
+    writer.close()
+    assert done.wait(60)
+    assert (tmp_path / "after.png").stat().st_size > 1000

@@ -7,10 +7,8 @@ The same module runs under torchrun for several processes:
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,22 +54,9 @@ def setup_logging(run_dir: Path | None, level: str = "info", rank: int | None = 
         root.addHandler(fh)
 
 
-def _prefetch_training_imports() -> None:
-    """Import the optimizer library (~0.8 s) on a thread while configs and data load."""
-
-    def work() -> None:
-        try:
-            importlib.import_module("pytorch_optimizer")
-        except Exception:  # noqa: S110 - the real import later reports the problem
-            pass
-
-    threading.Thread(target=work, name="prefetch-imports", daemon=True).start()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    _prefetch_training_imports()
     from eir_core.train.distributed import Dist, PeerFailed, is_peer_failure
 
     dist = Dist()

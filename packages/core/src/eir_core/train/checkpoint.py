@@ -25,6 +25,7 @@ from safetensors.torch import save as st_save
 from eir_core._fs import atomic_write_bytes
 from eir_core.errors import RunFolderError
 from eir_core.manifest import checkpoints_in
+from eir_core.train.optim import Optimizer
 
 log = logging.getLogger("eir_core.train")
 
@@ -75,9 +76,7 @@ def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], 
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def save_resume_state(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any]
-) -> None:
+def save_resume_state(path: Path, model: torch.nn.Module, optimizer: Optimizer, info: dict[str, Any]) -> None:
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors.update(opt_tensors)
@@ -112,7 +111,7 @@ def read_resume_info(path: Path) -> dict[str, Any]:
 
 
 def load_resume_state(
-    raw: bytes, model: torch.nn.Module, optimizer: torch.optim.Optimizer, source: str = "resume state"
+    raw: bytes, model: torch.nn.Module, optimizer: Optimizer, source: str = "resume state"
 ) -> dict[str, Any]:
     """Restore weights, optimizer and torch RNG from the bytes of ``resume/state.safetensors``."""
     try:

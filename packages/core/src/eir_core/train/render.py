@@ -68,12 +68,35 @@ class Renderer:
 def _lower_priority() -> None:
     """Run in the renderer itself, first thing: drawing must not take cores from training, and
     Ctrl-C (which reaches the whole process group) is the trainer's to handle; it ends the
-    renderer by closing stdin once the plots of the checkpoint being saved are done."""
+    renderer by closing stdin once the plots of the checkpoint being saved are done.
+
+    Besides nice 10, the idle scheduling class (Linux): a nice value only weighs the renderer
+    against the trainer, and not at all when both already run at nice 19 (``nice -n 19
+    eirtrain``), where drawing a t-SNE took a core from the training loop. Under SCHED_IDLE the
+    renderer draws on cores that training leaves idle; what is left when training ends is drawn
+    then (see ``_normal_priority``)."""
     import signal
 
     if hasattr(os, "nice"):
         os.nice(10)
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:
+            pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _normal_priority() -> None:
+    """Training is over (stdin closed) and the trainer waits for the last plots: leave the idle
+    class so that other programs on the machine cannot starve them (where the system allows an
+    unprivileged process to: otherwise they are drawn at idle priority)."""
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_OTHER"):
+        try:
+            if os.sched_getscheduler(0) == getattr(os, "SCHED_IDLE", None):
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        except OSError:
+            pass
 
 
 def _do(job: dict[str, Any]) -> None:
@@ -130,11 +153,14 @@ def serve(stream: IO[str]) -> None:
         with cond:
             while not pending and not done:
                 cond.wait()
+            finishing = done
             if not pending:
                 return
             job = pending.pop(0)
             # A curve is redrawn whole at every validation: skip it when a newer one is queued.
             stale = job["kind"] == "curve" and any(j.get("path") == job["path"] for j in pending)
+        if finishing:
+            _normal_priority()  # in this thread, which draws
         if stale:
             continue
         try:

@@ -19,7 +19,7 @@ import torch
 
 from eir_core.train.checkpoint import load_resume_state, save_resume_state
 from eir_core.train.distributed import Dist
-from eir_core.train.optim import LRSchedule
+from eir_core.train.optim import LRSchedule, Optimizer
 
 log = logging.getLogger("eir_core.train")
 
@@ -54,7 +54,7 @@ def rng_state(rng: np.random.Generator) -> dict[str, Any]:
 def save(
     path: Path,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     state: TrainState,
     schedule: LRSchedule,
     rng: np.random.Generator,
@@ -80,7 +80,7 @@ def restore(
     raw: bytes,
     source: str,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     schedule: LRSchedule,
     dist: Dist,
     seed: int,

@@ -17,7 +17,7 @@ from eir_core.model.meta import ModelSpec
 from eir_core.train import resume
 from eir_core.train.checkpoint import CheckpointKeeper
 from eir_core.train.distributed import Dist
-from eir_core.train.optim import LRSchedule
+from eir_core.train.optim import LRSchedule, Optimizer
 from eir_core.train.run_folder import RunFolder
 from eir_core.train.spec import build_manifest
 
@@ -67,7 +67,7 @@ class Saver:
     def resume_state(
         self,
         model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
+        optimizer: Optimizer,
         state: resume.TrainState,
         schedule: LRSchedule,
         rng: np.random.Generator,
