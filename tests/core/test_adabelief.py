@@ -8,13 +8,12 @@ import subprocess
 import sys
 
 import pytest
+import pytorch_optimizer  # a dev requirement: the reference
 import torch
 from torch import nn
 
 from eir_core.train.adabelief import AdaBelief
 from eir_core.train.optim import param_groups
-
-pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
 
 
 def _model() -> nn.Module:
