@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +58,10 @@ def setup_logging(run_dir: Path | None, level: str = "info", rank: int | None = 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    from eir_core.train import render  # numpy only: no PyTorch yet
+
+    if os.environ.get("RANK", "0") == "0":  # torchrun's rank 0, or a single process
+        render.prestart()  # its imports run beside PyTorch's, next
     from eir_core.train.distributed import Dist, PeerFailed, is_peer_failure
 
     dist = Dist()
@@ -68,11 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         dist = Dist.from_env()
         prog = f"eirtrain[rank {dist.rank}]" if dist.enabled else prog
         from eir_core.config.load import build_experiment_config
-        from eir_core.train.trainer import Trainer, TrainOptions, run_seed
 
         cfg = build_experiment_config(
             args.global_configs, args.input_configs, args.output_configs, args.fusion_configs, extra
         )
+        from eir_core.train.trainer import Trainer, TrainOptions, run_seed
+
         g = cfg.global_config
         rank = dist.rank if dist.enabled else None
         setup_logging(None, g.visualization_logging.log_level, rank)
@@ -105,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: lost contact with the other processes ({str(e).splitlines()[0][:200]})", file=sys.stderr)
         return 1
     finally:
+        render.discard_prestarted()  # only if no trainer took it over
         dist.close(synchronize=together)
 
 
