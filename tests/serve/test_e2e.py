@@ -27,7 +27,8 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNIN
 def test_real_server_batches_concurrent_clients_and_stops_on_sigterm(
     tiny_conditional_bundle: Path, digits_dir: Path
 ) -> None:
-    with eirserve(tiny_conditional_bundle, "--batch-timeout-ms", "5") as server:
+    # The access log is off by default (it costs throughput); on here, to check its format too.
+    with eirserve(tiny_conditional_bundle, "--batch-timeout-ms", "5", "--access-log") as server:
         url = server.url
         img = np.load(digits_dir / "mnist_npy" / "10003.npy")
         payload = [{"mnist": base64.b64encode(img.tobytes()).decode(), "mnist_label": {"CLASS": "3"}}]

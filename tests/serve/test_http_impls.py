@@ -69,6 +69,7 @@ def test_stalled_headers_get_408_with_either_parser(tiny_bundle: Path, http: str
         assert took < 5, took
         assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200  # the server goes on
         assert f"HTTP: {http} parser" in server.stderr
+        assert "uvicorn.access" not in server.stderr  # no line per request unless --access-log
     finally:
         server.stop()
     assert "Traceback" not in server.stderr, server.stderr[-2000:]
