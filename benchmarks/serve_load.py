@@ -76,10 +76,14 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 
 def _children(pid: int) -> list[int]:
+    """The direct children of ``pid``, started by any of its threads."""
+    kids: list[int] = []
     try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            kids += [int(c) for c in (task / "children").read_text().split()]
     except OSError:
-        return []
+        pass
+    return kids
 
 
 def cpu_s(pid: int) -> float:
@@ -479,7 +483,7 @@ def main() -> None:
         if a.levers:
             levers = []
             for label, flags in LEVERS.items():
-                server = start_ours(bundle, *flags)
+                server = start_ours(bundle, *flags, grpc=True)  # the defaults include gRPC
                 try:
                     wrk(f"{server.url}/predict", predict_lua, 8, 2, server.proc.pid)
                     one = median_round(
