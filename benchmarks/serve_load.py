@@ -23,7 +23,7 @@
    after.
 7. With --levers: each serving lever turned off (or on) alone, on a fresh server: the parser and
    event loop (--http h11 --loop asyncio), --graph eager, --torch-threads 2, --access-log,
-   --workers 2, at concurrency 1 and 32.
+   --workers 2, and the gRPC server off, at concurrency 1 and 32.
 8. The in-process forward pass, eager and TorchScript, at batch 1 and 64.
 
 Loopback only; every load is bounded in time (and the soak in count). Needs `wrk` (Debian's
@@ -384,6 +384,7 @@ LEVERS = {  # name -> flags that turn the lever off (or, for workers, on)
     "2 torch threads instead of 1": ["--torch-threads", "2"],
     "access log on": ["--access-log", "--log-level", "info"],
     "--workers 2": ["--workers", "2"],
+    "gRPC off (--grpc-port 0)": ["--grpc-port", "0"],
 }
 
 
