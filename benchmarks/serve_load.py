@@ -19,14 +19,14 @@
    latency.
 5. The protocol routes at the same load: /v2 infer in JSON and with binary tensors (wrk), gRPC
    ModelInfer (grpc.aio client: no C load tool for gRPC here).
-6. Soak: --soak requests at concurrency 32 (wrk, stopping itself at that count); RSS before and
-   after.
+6. Soak: at least --soak requests at concurrency 32 (one wrk run, its length sized from the
+   throughput measured in 4; the count it made is reported); RSS before and after.
 7. With --levers: each serving lever turned off (or on) alone, on a fresh server: the parser and
    event loop (--http h11 --loop asyncio), --graph eager, --torch-threads 2, --access-log,
    --workers 2, and the gRPC server off, at concurrency 1 and 32.
 8. The in-process forward pass, eager and TorchScript, at batch 1 and 64.
 
-Loopback only; every load is bounded in time (and the soak in count). Needs `wrk` (Debian's
+Loopback only; every load is bounded in time. Needs `wrk` (Debian's
 package). Writes benchmarks/results/serve_load.{json,md} with the command, commit and date.
 """
 
@@ -101,19 +101,11 @@ def _ms(text: str) -> float:
 
 
 # --------------------------------------------------------------------------- wrk
-def wrk_script(folder: Path, name: str, body: bytes, headers: dict[str, str], stop_after: int = 0) -> Path:
+def wrk_script(folder: Path, name: str, body: bytes, headers: dict[str, str]) -> Path:
     body_file = folder / f"{name}.body"
     body_file.write_bytes(body)
     lines = [f'local f = io.open("{body_file}", "rb")', 'wrk.method = "POST"', 'wrk.body = f:read("*a")', "f:close()"]
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
-    if stop_after:  # the soak: a fixed number of requests
-        lines += [
-            "local n = 0",
-            "function response(status, headers, body)",
-            "  n = n + 1",
-            f"  if n >= {stop_after} then wrk.thread:stop() end",
-            "end",
-        ]
     script = folder / f"{name}.lua"
     script.write_text("\n".join(lines) + "\n")
     return script
@@ -468,9 +460,11 @@ def main() -> None:
                 for c in (1, 32)
             ]
             # Soak: memory over --soak requests.
-            soak_lua = wrk_script(tmp, "soak", body, json_headers, stop_after=a.soak)
+            # wrk's thread:stop() ends the sending but not wrk itself (it waits out -d): so a run
+            # sized from the C=32 throughput measured above, for at least --soak requests.
+            rate = next(row for row in rows if row["concurrency"] == 32)["ours"]["req_per_s"]
             rss_before = rss_mb(ours.proc.pid)
-            soak = wrk(f"{ours.url}/predict", soak_lua, 32, 600, ours.proc.pid)
+            soak = wrk(f"{ours.url}/predict", predict_lua, 32, min(600, a.soak / rate * 1.25 + 2), ours.proc.pid)
             result["soak"] = {
                 **soak,
                 "rss_mb_before": round(rss_before, 1),
