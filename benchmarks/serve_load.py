@@ -50,6 +50,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from proctree import children  # benchmarks/proctree.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -68,28 +69,17 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
     """Resident memory of ``pid`` and its children (the workers of --workers), in MB. ``field``
     RssAnon: the private part; RssFile: mapped files (shared libraries), shared between processes."""
     total = 0.0
-    for p in [pid, *_children(pid)]:
+    for p in [pid, *children(pid)]:
         for line in Path(f"/proc/{p}/status").read_text().splitlines():
             if line.startswith(f"{field}:"):
                 total += int(line.split()[1]) / 1024
     return total
 
 
-def _children(pid: int) -> list[int]:
-    """The direct children of ``pid``, started by any of its threads."""
-    kids: list[int] = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            kids += [int(c) for c in (task / "children").read_text().split()]
-    except OSError:
-        pass
-    return kids
-
-
 def cpu_s(pid: int) -> float:
     """User + system CPU time of ``pid`` and its children, in seconds."""
     total = 0.0
-    for p in [pid, *_children(pid)]:
+    for p in [pid, *children(pid)]:
         fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / TICKS
     return total

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from proctree import children  # benchmarks/proctree.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL = ROOT / "examples" / "tutorial"
@@ -51,18 +52,6 @@ def make_data(folder: Path, size: int, count: int) -> Path:
     cmd = [sys.executable, "-m", "eir_core.cli.data", "digits", "--size", str(size), "--count", str(count)]
     subprocess.run([*cmd, "--output-folder", str(folder)], check=True, capture_output=True)
     return folder
-
-
-def _children(pid: int) -> list[int]:
-    """The direct children of ``pid``, started by any of its threads (Linux's per-task children
-    lists: no scan of all of /proc, which at every poll took CPU from the run being measured)."""
-    kids: list[int] = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            kids += [int(c) for c in (task / "children").read_text().split()]
-    except OSError:
-        pass
-    return kids
 
 
 def run_measured(
@@ -84,7 +73,7 @@ def run_measured(
         todo = [proc.pid]
         while todo:
             pid = todo.pop()
-            todo += _children(pid)
+            todo += children(pid)
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
                 hwm = re.search(r"VmHWM:\s+(\d+) kB", status)
