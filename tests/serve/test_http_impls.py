@@ -79,3 +79,15 @@ def test_request_dependencies_run_on_the_event_loop() -> None:
     # FastAPI runs a plain-def dependency in its thread pool: a thread hop on every request.
     assert inspect.iscoroutinefunction(deps.get_service)
     assert inspect.iscoroutinefunction(auth.require_api_key)
+
+
+def test_a_parser_that_is_not_installed_is_a_cli_error(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from eir_serve import cli, server
+
+    monkeypatch.setattr(server, "HAVE_HTTPTOOLS", False)
+    assert cli.main(["--model-path", str(tiny_bundle), "--port", "0", "--grpc-port", "0", "--http", "httptools"]) == 2
+    err = capsys.readouterr().err
+    assert "eirserve: error: --http httptools: the httptools package is not installed" in err
+    assert "Traceback" not in err

@@ -122,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     try:  # cheap checks: the device, the bundle's manifest (the model itself loads in the lifespan)
+        from eir_serve.server import draining_server, http_stack
+
+        parser, loop = http_stack(settings)
         if settings.grpc_port:
             check_port_free(settings.host, settings.grpc_port)
         if settings.workers == 1:  # the supervisor of --workers leaves these to its workers: no PyTorch in it
@@ -144,9 +147,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from eir_serve.workers import run_workers
 
         return run_workers(settings, port, list(sys.argv[1:] if argv is None else argv))
-    from eir_serve.server import draining_server, http_stack
-
-    parser, loop = http_stack(settings)
     log.info("listening on http://%s:%d (answers once the model is loaded)", settings.host, port)
     log.info("HTTP: %s parser, %s event loop", parser, loop)
     server = draining_server(app, settings, port)

@@ -232,15 +232,20 @@ class DrainingServer(uvicorn.Server):
 
 
 def http_stack(settings: Settings) -> tuple[str, str]:
-    """(parser, event loop) that ``settings`` give: what "auto" resolves to here."""
+    """(parser, event loop) that ``settings`` give: what "auto" resolves to here; ValueError
+    names the flag when the package asked for is not installed."""
+    if settings.http == "httptools" and not HAVE_HTTPTOOLS:
+        raise ValueError("--http httptools: the httptools package is not installed (pip install httptools)")
     parser = "httptools" if settings.http == "httptools" or (settings.http == "auto" and HAVE_HTTPTOOLS) else "h11"
     loop = settings.loop
-    if loop == "auto":
+    if loop != "asyncio":
         try:
             import uvloop  # noqa: F401
 
             loop = "uvloop"
         except ImportError:
+            if loop == "uvloop":
+                raise ValueError("--loop uvloop: the uvloop package is not installed (pip install uvloop)") from None
             loop = "asyncio"
     return parser, loop
 
