@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from eir_core.imputation import impute_array_
+from eir_core.imputation import impute_array_, noise_array
+from eir_core.inference import Runner
+from eir_core.onnx_runtime import OnnxPredictor
 from eir_core.predict import Predictor
 
 LABEL = {"mnist_label": {"CLASS": "7"}}
@@ -45,19 +47,22 @@ def test_a_negative_or_non_finite_scale_is_refused(bad: float) -> None:
         imputed(bad)
 
 
-@pytest.fixture(scope="module")
-def predictor(tiny_conditional_bundle: Path) -> Predictor:
+@pytest.fixture(scope="module", params=["torch", "onnxruntime"])
+def predictor(request: pytest.FixtureRequest, tiny_conditional_bundle: Path) -> Runner:
+    """The same seams on both runtimes."""
+    if request.param == "onnxruntime":
+        return OnnxPredictor.from_path(tiny_conditional_bundle)
     return Predictor.from_path(tiny_conditional_bundle, device="cpu")
 
 
-def explicit(p: Predictor, seed: int, scale: float) -> dict[str, np.ndarray]:
+def explicit(p: Runner, seed: int, scale: float) -> dict[str, np.ndarray]:
     """The image input given as the seed's scale-1 draw times ``scale``, in raw units."""
-    z = torch.randn((1, *p.inputs["mnist"].shape), generator=torch.Generator().manual_seed(seed))[0]
-    image = p.input_stats["mnist"].denormalize(scale * z).numpy()
+    z = noise_array(p.inputs["mnist"].shape, seed)  # type: ignore[union-attr]  # an array input
+    image = p.input_stats["mnist"].denormalize_array(scale * z)  # type: ignore[attr-defined]
     return p.predict([{**LABEL, "mnist": image}], seeds=[seed])[0]
 
 
-def test_predictor_scale_s_is_s_times_the_scale_1_noise_of_the_same_seed(predictor: Predictor) -> None:
+def test_predictor_scale_s_is_s_times_the_scale_1_noise_of_the_same_seed(predictor: Runner) -> None:
     at1 = predictor.predict([LABEL], seeds=[7])[0]["mnist_output"]
     np.testing.assert_array_equal(predictor.predict([LABEL], seeds=[7], noise_scale=1.0)[0]["mnist_output"], at1)
     np.testing.assert_allclose(explicit(predictor, 7, 1.0)["mnist_output"], at1, rtol=1e-5, atol=1e-3)
@@ -66,7 +71,7 @@ def test_predictor_scale_s_is_s_times_the_scale_1_noise_of_the_same_seed(predict
     assert np.abs(at25 - at1).mean() > 0.01  # the scale reaches the model
 
 
-def test_predictor_scale_0_is_the_mean_image(predictor: Predictor) -> None:
+def test_predictor_scale_0_is_the_mean_image(predictor: Runner) -> None:
     mean = np.broadcast_to(predictor.input_stats["mnist"].mean, (1, 8, 8)).astype(np.float32)
     want = predictor.predict([{**LABEL, "mnist": mean}], seeds=[0])[0]["mnist_output"]
     for seed in (1, 2):  # no randomness left
@@ -74,7 +79,7 @@ def test_predictor_scale_0_is_the_mean_image(predictor: Predictor) -> None:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
-def test_per_item_scales_match_each_item_alone(predictor: Predictor) -> None:
+def test_per_item_scales_match_each_item_alone(predictor: Runner) -> None:
     both = predictor.predict([LABEL, LABEL], seeds=[5, 5], noise_scale=[0.5, 2.0])
     for got, scale in zip(both, [0.5, 2.0], strict=True):
         alone = predictor.predict([LABEL], seeds=[5], noise_scale=scale)[0]

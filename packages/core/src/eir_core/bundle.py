@@ -1,7 +1,12 @@
 """The servable bundle: one ``.safetensors`` file with weights, statistics and a manifest.
 
 * tensors: ``model.<state_dict key>`` and ``norm.<input|output>.<name>.<mean|std>``;
-* header metadata ``eir_manifest``: the :class:`~eir_core.manifest.Manifest` as JSON.
+* header metadata ``eir_manifest``: the :class:`~eir_core.manifest.Manifest` as JSON;
+* optionally the model's inference graph in ONNX (``graph.onnx``, uint8 bytes), described by
+  the header metadata ``eir_graph`` (:class:`GraphMeta`). ``eirserve`` runs it on ONNX Runtime,
+  which neither imports PyTorch nor needs the weights as tensors. Older readers ignore both.
+
+Reading the manifest, the statistics and the graph needs NumPy only; the weights need PyTorch.
 
 Writing is atomic (temporary file in the same folder, fsync, rename). Loading never unpickles:
 safetensors holds raw tensors and JSON, and anything unexpected is a :class:`BundleError`.
@@ -10,15 +15,14 @@ safetensors holds raw tensors and JSON, and anything unexpected is a :class:`Bun
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as st_save
 
 from eir_core import __version__
 from eir_core._fs import atomic_write_bytes
@@ -26,8 +30,42 @@ from eir_core.data.normalization import NormStats
 from eir_core.errors import BundleError
 from eir_core.manifest import FORMAT, FORMAT_VERSION, ArrayInput, Manifest, checkpoints_in
 
+if TYPE_CHECKING:
+    import torch
+
 MANIFEST_KEY = "eir_manifest"
+GRAPH_KEY = "graph.onnx"
+GRAPH_META_KEY = "eir_graph"
 MAX_HEADER_BYTES = 50_000_000
+
+
+class GraphInput(BaseModel):
+    """One input of the ONNX graph: ``name`` in the graph, fed from the item's ``input`` (an
+    array input) or from one ``part`` ("cat" codes or "con" values) of a tabular input."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    input: str
+    part: Literal["cat", "con"] | None = None
+
+
+class GraphMeta(BaseModel):
+    """What the bundle's ONNX graph takes and gives, and how it was checked when exported."""
+
+    model_config = ConfigDict(extra="ignore")  # a later writer may add fields
+    format: Literal["onnx"] = "onnx"
+    opset: int
+    inputs: list[GraphInput]
+    outputs: list[str]  # model output names, in the graph's output order
+    max_rel_diff: float  # against the PyTorch module, relative to each output's scale
+    checked_batch_sizes: list[int]
+    exporter: str
+
+
+@dataclass(frozen=True)
+class Graph:
+    onnx: bytes
+    meta: GraphMeta
 
 
 @dataclass(frozen=True)
@@ -38,7 +76,19 @@ class Bundle:
     output_stats: dict[str, NormStats]
 
 
+@dataclass(frozen=True)
+class ArrayBundle:
+    """What serving on ONNX Runtime needs (read without PyTorch): no weights, the graph instead."""
+
+    manifest: Manifest
+    input_stats: dict[str, NormStats]
+    output_stats: dict[str, NormStats]
+    graph: Graph
+
+
 def _stats_tensors(prefix: str, stats: dict[str, NormStats]) -> dict[str, torch.Tensor]:
+    import torch
+
     out = {}
     for name, s in stats.items():
         out[f"{prefix}.{name}.mean"] = torch.tensor(np.asarray(s.mean, np.float32))
@@ -51,14 +101,22 @@ def bundle_bytes(
     state_dict: dict[str, torch.Tensor],
     input_stats: dict[str, NormStats],
     output_stats: dict[str, NormStats],
+    graph: Graph | None = None,
 ) -> bytes:
+    import torch
+    from safetensors.torch import save as st_save
+
     stamped = manifest.model_copy(
         update={"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__}
     )
     tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     tensors.update(_stats_tensors("norm.input", input_stats))
     tensors.update(_stats_tensors("norm.output", output_stats))
-    return st_save(tensors, metadata={MANIFEST_KEY: stamped.model_dump_json()})
+    metadata = {MANIFEST_KEY: stamped.model_dump_json()}
+    if graph is not None:
+        tensors[GRAPH_KEY] = torch.frombuffer(bytearray(graph.onnx), dtype=torch.uint8)
+        metadata[GRAPH_META_KEY] = graph.meta.model_dump_json()
+    return st_save(tensors, metadata=metadata)
 
 
 def save_bundle(
@@ -67,8 +125,9 @@ def save_bundle(
     state_dict: dict[str, torch.Tensor],
     input_stats: dict[str, NormStats],
     output_stats: dict[str, NormStats],
+    graph: Graph | None = None,
 ) -> None:
-    atomic_write_bytes(path, bundle_bytes(manifest, state_dict, input_stats, output_stats))
+    atomic_write_bytes(path, bundle_bytes(manifest, state_dict, input_stats, output_stats, graph))
 
 
 def resolve_bundle_path(path: Path) -> Path:
@@ -112,6 +171,11 @@ def read_manifest(path: Path) -> Manifest:
     return _open(path)[0]
 
 
+def has_graph(path: Path) -> bool:
+    """Whether the bundle carries an ONNX graph (reads only the header)."""
+    return GRAPH_KEY in _open(path)[1]
+
+
 def _parse_manifest(path: Path, text: str) -> Manifest:
     try:
         raw: Any = json.loads(text)
@@ -135,14 +199,14 @@ def _parse_manifest(path: Path, text: str) -> Manifest:
         ) from None
 
 
-def _open(path: Path) -> tuple[Manifest, list[str]]:
+def _open(path: Path) -> tuple[Manifest, list[str], dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         hint = "; for a run folder pass the folder itself" if path.suffix == ".safetensors" else ""
         raise BundleError(f"{path}: no such bundle file{hint}")
     _check_header(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
             keys = list(f.keys())
     except (SafetensorError, OSError, ValueError) as e:
@@ -152,33 +216,79 @@ def _open(path: Path) -> tuple[Manifest, list[str]]:
             f"{path}: a safetensors file without an EIR manifest; pass a bundle written by eirtrain "
             "(saved_models/*.safetensors)"
         )
-    return _parse_manifest(path, meta[MANIFEST_KEY]), keys
+    return _parse_manifest(path, meta[MANIFEST_KEY]), keys, meta
 
 
-def load_bundle(path: Path) -> Bundle:
-    manifest, keys = _open(path)
-    tensors: dict[str, torch.Tensor] = {}
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            for k in keys:
-                tensors[k] = f.get_tensor(k)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise BundleError(f"{path}: tensor data is unreadable or truncated ({e})") from None
-    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+def _stats(
+    path: Path, manifest: Manifest, get: Callable[[str], np.ndarray]
+) -> tuple[dict[str, NormStats], dict[str, NormStats]]:
+    """The input and output statistics, each checked against its entry's shape."""
 
-    def stats(prefix: str, name: str, shape: tuple[int, ...], kind: str | None) -> NormStats:
+    def one(prefix: str, name: str, shape: tuple[int, ...], kind: str | None) -> NormStats:
         try:
-            mean, std = tensors[f"{prefix}.{name}.mean"], tensors[f"{prefix}.{name}.std"]
+            mean, std = get(f"{prefix}.{name}.mean"), get(f"{prefix}.{name}.std")
         except KeyError:
             raise BundleError(f"{path}: normalization statistics for {name!r} are missing") from None
         if mean.shape[0] != shape[0] or std.shape != mean.shape:
             raise BundleError(f"{path}: statistics of {name!r} do not match its shape {list(shape)}")
-        return NormStats(kind, mean.numpy(), std.numpy())
+        return NormStats(kind, mean, std)
 
-    in_stats = {
-        e.name: stats("norm.input", e.name, e.shape, e.normalization)
+    ins = {
+        e.name: one("norm.input", e.name, e.shape, e.normalization)
         for e in manifest.inputs
         if isinstance(e, ArrayInput)
     }
-    out_stats = {o.name: stats("norm.output", o.name, o.shape, o.normalization) for o in manifest.outputs}
+    outs = {o.name: one("norm.output", o.name, o.shape, o.normalization) for o in manifest.outputs}
+    return ins, outs
+
+
+def load_bundle(path: Path) -> Bundle:
+    """Manifest, weights (PyTorch tensors) and statistics; the graph, if any, is not read."""
+    manifest, keys, _ = _open(path)
+    tensors: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:  # the weights: PyTorch tensors
+            for k in keys:
+                if k != GRAPH_KEY:
+                    tensors[k] = f.get_tensor(k)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise BundleError(f"{path}: tensor data is unreadable or truncated ({e})") from None
+    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    in_stats, out_stats = _stats(path, manifest, lambda k: tensors[k].numpy())
     return Bundle(manifest=manifest, state_dict=state, input_stats=in_stats, output_stats=out_stats)
+
+
+def _graph_meta(path: Path, text: str | None) -> GraphMeta:
+    if text is None:
+        raise BundleError(f"{path}: the bundle has a graph but no {GRAPH_META_KEY!r} metadata describing it")
+    try:
+        return GraphMeta.model_validate_json(text)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise BundleError(f"{path}: the graph's description is invalid at {where}: {first['msg']}") from None
+
+
+def load_array_bundle(path: Path) -> ArrayBundle:
+    """Manifest, statistics and ONNX graph, without PyTorch. A bundle without a graph is a
+    BundleError naming the fix (``eir-bundle add-graph``)."""
+    manifest, keys, meta = _open(path)
+    if GRAPH_KEY not in keys:
+        raise BundleError(
+            f"{path}: this bundle has no ONNX graph (written by an older eir-core, or where the onnx "
+            "package was missing); add one with `eir-bundle add-graph BUNDLE`, or serve it with --runtime torch"
+        )
+    graph_meta = _graph_meta(path, meta.get(GRAPH_META_KEY))
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            for k in keys:
+                if k == GRAPH_KEY or k.startswith("norm."):
+                    arrays[k] = f.get_tensor(k)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BundleError(f"{path}: tensor data is unreadable or truncated ({e})") from None
+    raw = arrays.pop(GRAPH_KEY)
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise BundleError(f"{path}: {GRAPH_KEY!r} must be a 1-D uint8 tensor, not {raw.dtype} {list(raw.shape)}")
+    in_stats, out_stats = _stats(path, manifest, lambda k: arrays[k])
+    return ArrayBundle(manifest, in_stats, out_stats, Graph(raw.tobytes(), graph_meta))

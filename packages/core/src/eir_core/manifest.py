@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from eir_core.data.tabular import NULL
-from eir_core.model.meta import ModelSpec
+from eir_core.model.spec import ModelSpec
 
 FORMAT = "eir-bundle"
 FORMAT_VERSION = 1

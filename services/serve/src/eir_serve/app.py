@@ -10,14 +10,11 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import torch
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from eir_core.bundle import read_manifest, resolve_bundle_path
-from eir_core.device import resolve_device
-from eir_core.predict import Predictor
 from eir_serve import __version__
 from eir_serve.auth import check_bearer, resolve_api_key
 from eir_serve.errors import (
@@ -30,6 +27,7 @@ from eir_serve.errors import (
 from eir_serve.grpc.server import grpc_service
 from eir_serve.metrics import Metrics, MetricsMiddleware
 from eir_serve.routes import eir, ops, v2, web
+from eir_serve.runtime import describe, load_predictor, resolve_runtime
 from eir_serve.server import BodyTimeoutMiddleware, DrainingMiddleware
 from eir_serve.service import ModelService, example_payload
 from eir_serve.settings import Settings
@@ -37,18 +35,14 @@ from eir_serve.settings import Settings
 log = logging.getLogger("eir_serve")
 
 
-def set_torch_threads(settings: Settings) -> None:
-    """``torch_threads``, or 1 on the CPU: the forward pass of a batch of small items gains little
-    from more threads, and PyTorch's idle threads spin on cores the HTTP side needs."""
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    elif resolve_device(settings.device).type == "cpu":
-        torch.set_num_threads(1)
-
-
 def create_app(settings: Settings) -> FastAPI:
     bundle_path = resolve_bundle_path(Path(settings.model_path))
     manifest = read_manifest(bundle_path)
+    runtime = resolve_runtime(settings, bundle_path)
+    if runtime == "torch":  # a device PyTorch cannot use is refused now, not in the lifespan
+        from eir_core.device import resolve_device
+
+        resolve_device(settings.device)
     api_key = resolve_api_key(settings)
     metrics = Metrics()
 
@@ -61,8 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         def load() -> ModelService:
-            set_torch_threads(settings)
-            predictor = Predictor.from_path(bundle_path, device=settings.device, graph=settings.graph)
+            predictor = load_predictor(settings, bundle_path, runtime)
             service = ModelService(predictor, settings, metrics)
             service.warm_up()
             return service
@@ -78,14 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             async with grpc_service(app.state, settings, metrics, check_call):  # grpc_port 0: no gRPC
                 app.state.ready = True
-                log.info(
-                    "serving %s on %s (%s, %d torch thread%s)",
-                    bundle_path,
-                    service.predictor.device,
-                    service.predictor.graph,
-                    torch.get_num_threads(),
-                    "" if torch.get_num_threads() == 1 else "s",
-                )
+                log.info("serving %s on %s", bundle_path, describe(service.predictor))
                 yield
                 app.state.ready = False  # gRPC drains its calls while reporting not ready
         finally:
@@ -100,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.runtime = runtime
     app.state.metrics = metrics
     app.state.ready = False
     app.state.service = None

@@ -128,11 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.grpc_port:
             check_port_free(settings.host, settings.grpc_port)
         if settings.workers == 1:  # the supervisor of --workers leaves these to its workers: no PyTorch in it
-            from eir_core.device import resolve_device
             from eir_serve.app import create_app
 
-            resolve_device(settings.device)
-            app = create_app(settings)
+            app = create_app(settings)  # checks the runtime and, for PyTorch, the device
     except (EirError, ValueError) as e:
         print(f"eirserve: error: {e}", file=sys.stderr)
         return 2

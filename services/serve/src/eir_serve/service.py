@@ -11,8 +11,8 @@ import numpy as np
 from fastapi import Response
 
 from eir_core.errors import InputError
+from eir_core.inference import Runner
 from eir_core.manifest import ArrayInput, Manifest, TabularInput
-from eir_core.predict import Predictor
 from eir_serve.batcher import Batcher, QueueFull
 from eir_serve.body import read_json_body as read_json_body  # routes import it from here
 from eir_serve.codec import CodecError, decode_array, encode_array
@@ -30,7 +30,7 @@ def example_payload(manifest: Manifest) -> list[dict[str, Any]]:
 
 
 class ModelService:
-    def __init__(self, predictor: Predictor, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, predictor: Runner, settings: Settings, metrics: Metrics) -> None:
         self.predictor = predictor
         self.settings = settings
         self.metrics = metrics
@@ -148,4 +148,5 @@ class ModelService:
     def info(self) -> InfoResponse:
         info = self.predictor.manifest.info(str(self.predictor.device))
         info["model"]["noise_scale"] = self.settings.noise_scale  # the server's, not the bundle's
+        info["model"]["runtime"] = self.predictor.runtime
         return InfoResponse.model_validate(info)

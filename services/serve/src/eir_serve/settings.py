@@ -68,16 +68,22 @@ class Settings(BaseSettings):
     reuse_port: bool = Field(
         False, description="bind with SO_REUSEPORT, so that several eirserve processes share the port (--workers does)"
     )
+    runtime: Literal["auto", "onnx", "torch"] = Field(
+        "auto",
+        description="what runs the model: onnx = the bundle's ONNX graph on ONNX Runtime (CPU only; PyTorch is "
+        "not imported: faster start, less memory); torch = PyTorch (CPU or CUDA, see --graph); auto: onnx "
+        "when the bundle has a graph and the model runs on the CPU, else torch",
+    )
     graph: Literal["auto", "eager", "torchscript"] = Field(
         "auto",
-        description="how the forward pass runs: torchscript traces and freezes the model at load (checked "
-        "against eager, which it falls back to); auto: torchscript on the CPU, eager on CUDA",
+        description="with --runtime torch, how the forward pass runs: torchscript traces and freezes the model "
+        "at load (checked against eager, which it falls back to); auto: torchscript on the CPU, eager on CUDA",
     )
     torch_threads: int = Field(
         0,
         ge=0,
-        description="PyTorch intra-op threads per process (0: 1 on the CPU, leaving the other cores to "
-        "the HTTP side and other workers; PyTorch's default on CUDA)",
+        description="intra-op threads of the forward pass per process, PyTorch's or ONNX Runtime's (0: 1 on "
+        "the CPU, leaving the other cores to the HTTP side and other workers; PyTorch's default on CUDA)",
     )
     http: Literal["auto", "httptools", "h11"] = Field("auto", description="HTTP parser (auto: httptools if installed)")
     loop: Literal["auto", "uvloop", "asyncio"] = Field("auto", description="event loop (auto: uvloop if installed)")

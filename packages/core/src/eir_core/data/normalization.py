@@ -8,9 +8,12 @@ first ``max_samples`` training IDs in sorted order (no off-by-one), in float64.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # the tensor methods import PyTorch when called: the array ones never need it
+    import torch
 
 EPS = 1e-10
 
@@ -26,15 +29,29 @@ class NormStats:
         return cls(None, np.zeros((shape[0], 1, 1), np.float32), np.ones((shape[0], 1, 1), np.float32))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
         mean = torch.as_tensor(self.mean, device=x.device)
         std = torch.as_tensor(self.std, device=x.device)
         x = torch.where(torch.isnan(x), mean.expand_as(x), x)
         return (x - mean) / (std + EPS)
 
     def denormalize(self, y: torch.Tensor) -> torch.Tensor:
+        import torch
+
         mean = torch.as_tensor(self.mean, device=y.device)
         std = torch.as_tensor(self.std, device=y.device)
         return y * (std + EPS) + mean
+
+    def normalize_array(self, x: np.ndarray) -> np.ndarray:
+        """``normalize`` for float32 NumPy arrays (N, C, H, W): the same arithmetic in float32."""
+        x = np.where(np.isnan(x), self.mean, x) if np.isnan(x).any() else x
+        out: np.ndarray = (x - self.mean) / (self.std + np.float32(EPS))
+        return out.astype(np.float32, copy=False)
+
+    def denormalize_array(self, y: np.ndarray) -> np.ndarray:
+        out: np.ndarray = y * (self.std + np.float32(EPS)) + self.mean
+        return out.astype(np.float32, copy=False)
 
 
 def compute_stats(arrays: np.ndarray, kind: str | None) -> NormStats:

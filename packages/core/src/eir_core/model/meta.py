@@ -8,55 +8,19 @@ input order -> fusion MLP -> each output head.
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from eir_core.config.schema import LCLModelInitConfig, OutputLCLModelInitConfig, ResidualMLPConfig
+from eir_core.config.schema import ResidualMLPConfig
 from eir_core.data.tabular import embedding_dim
 from eir_core.model import layers, lcl, v1_layers, v1_lcl
+from eir_core.model.spec import ARCHITECTURE, InputSpec, ModelSpec, OutputSpec
 
-# Which set of building rules a spec is built with. 1: eir-lite's own rules (bundles written
-# before the spec recorded this; their manifests have no "architecture" key). 2: EIR 0.25.0's.
-ARCHITECTURE: Literal[1, 2] = 2
+__all__ = ["ARCHITECTURE", "Batch", "InputSpec", "MetaModel", "ModelSpec", "OutputSpec"]
 
 # A batch: input name -> tensor (array inputs: (B, C, H, W) float, normalized) or, for a
 # tabular input, {"cat": (B, n_cat) int64 codes, "con": (B, n_con) float32 standardized}.
 Batch = dict[str, torch.Tensor | dict[str, torch.Tensor]]
-
-
-class InputSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    type: Literal["array", "tabular"]
-    shape: tuple[int, int, int] | None = None  # array, channel first
-    lcl: LCLModelInitConfig | None = None  # array
-    cat_cardinalities: dict[str, int] = {}  # tabular: column -> vocabulary size
-    n_con: int = 0  # tabular
-
-
-class OutputSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    shape: tuple[int, int, int]
-    lcl: OutputLCLModelInitConfig
-
-
-class ModelSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    inputs: list[InputSpec]
-    outputs: list[OutputSpec]
-    fusion: ResidualMLPConfig = ResidualMLPConfig()
-    architecture: Literal[1, 2] = ARCHITECTURE
-
-    @classmethod
-    def from_manifest(cls, data: Any) -> ModelSpec:
-        """A bundle's recorded spec; one without an architecture predates it and is architecture 1."""
-        if isinstance(data, dict) and "architecture" not in data:
-            data = {**data, "architecture": 1}
-        return cls.model_validate(data)
 
 
 class TabularExtractor(nn.Module):

@@ -4,14 +4,17 @@ the end) and the resume state beside it."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from eir_core.bundle import Bundle, save_bundle
+from eir_core.bundle import Bundle, Graph, has_graph, save_bundle
 from eir_core.config.schema import ExperimentConfig
 from eir_core.data.dataset import ArrayColumn, RunData
+from eir_core.errors import BundleError
 from eir_core.manifest import Manifest, TrainingSummary, checkpoint_name
 from eir_core.model.meta import ModelSpec
 from eir_core.train import resume
@@ -55,14 +58,49 @@ class Saver:
         return Bundle(manifest, model.state_dict(), in_stats, out_stats)
 
     def checkpoint(self, model: torch.nn.Module, manifest: Manifest, final: bool) -> None:
-        """Write the bundle if it is among the ``n_saved_models`` best (always when final)."""
+        """Write the bundle if it is among the ``n_saved_models`` best (always when final).
+
+        The final bundle, and the best one if that is another, also carry the model's ONNX
+        graph (``eir_core.onnx_export``), which ``eirserve`` runs without PyTorch. Earlier
+        checkpoints do not: the export costs about a second, and most of them are replaced."""
         t = manifest.training
         if final or self.keeper.is_better(t.perf_average):
             path = self.run.saved_models / checkpoint_name(manifest.run_name, t.iteration, t.perf_average)
             b = self.bundle(model, manifest)
-            save_bundle(path, b.manifest, b.state_dict, b.input_stats, b.output_stats)
+            graph = self._graph(model, b) if final else None
+            save_bundle(path, b.manifest, b.state_dict, b.input_stats, b.output_stats, graph)
             self.keeper.add(path, t.iteration, t.perf_average, protect=final)
             log.info("checkpoint: %s", path.name)
+            if final and graph is not None:
+                best = max(self.keeper.kept)[2]
+                if best != path and not has_graph(best):
+                    self._add_graph(best)
+
+    @staticmethod
+    def _graph(model: torch.nn.Module, bundle: Bundle) -> Graph | None:
+        from eir_core.onnx_export import bundle_graph
+
+        t0 = time.perf_counter()
+        graph, why = bundle_graph(bundle, model)
+        if graph is None:
+            log.info("no ONNX graph in the bundle (%s); eirserve will run it on PyTorch", why)
+        else:
+            log.info(
+                "ONNX graph: checked against the model (max relative difference %.1e, %.1fs)",
+                graph.meta.max_rel_diff,
+                time.perf_counter() - t0,
+            )
+        return graph
+
+    @staticmethod
+    def _add_graph(path: Path) -> None:
+        from eir_core.onnx_export import add_graph
+
+        try:
+            add_graph(path)
+            log.info("ONNX graph added to the best checkpoint %s", path.name)
+        except BundleError as e:
+            log.info("%s", e)
 
     def resume_state(
         self,

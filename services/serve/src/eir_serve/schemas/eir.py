@@ -107,6 +107,9 @@ class ModelInfo(BaseModel):
     name: str | None
     training: dict[str, Any] | None = Field(description="training summary: iteration, validation loss, time")
     device: str
+    runtime: Literal["onnxruntime", "torch"] = Field(
+        "torch", description="what runs the model: the bundle's ONNX graph on ONNX Runtime, or PyTorch"
+    )
     eir_core_version: str | None
     noise_scale: float = Field(
         description="this server's default scale of the N(0,1) noise that replaces a left-out input "
