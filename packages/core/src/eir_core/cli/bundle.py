@@ -1,4 +1,6 @@
 """``eir-bundle inspect FILE|RUN_FOLDER``: print a bundle's manifest (no weights are loaded).
+``eir-bundle add-graph FILE|RUN_FOLDER``: add the model's ONNX graph to a bundle that has none
+(one written by an older eir-core, or without the onnx package), for ``eirserve``'s ONNX runtime.
 
 A run folder means its best checkpoint, exactly as ``eirserve --model-path`` picks it.
 """
@@ -10,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from eir_core.bundle import read_manifest, resolve_bundle_path
+from eir_core.bundle import GRAPH_META_KEY, has_graph, read_manifest, resolve_bundle_path
 from eir_core.errors import EirError
 
 
@@ -20,10 +22,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     i = sub.add_parser("inspect", help="print the manifest of a .safetensors bundle or a run folder's best one")
     i.add_argument("path", type=Path, metavar="FILE|RUN_FOLDER")
     i.add_argument("--json", action="store_true", help="the whole manifest as JSON")
+    g = sub.add_parser(
+        "add-graph",
+        help="export the model to ONNX (checked against it) and write it into the bundle, atomically",
+    )
+    g.add_argument("path", type=Path, metavar="FILE|RUN_FOLDER")
+    g.add_argument("--force", action="store_true", help="replace a graph the bundle already has")
     args = p.parse_args(argv)
     try:
         path = resolve_bundle_path(args.path)
         m = read_manifest(path)
+        if args.command == "add-graph":
+            return _add_graph(path, args.force)
+        graph = has_graph(path)
     except EirError as e:
         print(f"eir-bundle: error: {e}", file=sys.stderr)
         return 2
@@ -33,6 +44,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"bundle    {path}")
     for line in m.describe():
         print(line)
+    print(f"graph     {'ONNX (eirserve runs it without PyTorch)' if graph else 'none (eir-bundle add-graph adds one)'}")
+    return 0
+
+
+def _add_graph(path: Path, force: bool) -> int:
+    if has_graph(path) and not force:
+        print(f"{path}: already has an ONNX graph ({GRAPH_META_KEY}); --force replaces it")
+        return 0
+    from eir_core.onnx_export import add_graph  # PyTorch and the exporter: only for this command
+
+    add_graph(path, print)
     return 0
 
 
