@@ -21,10 +21,11 @@
    ModelInfer (grpc.aio client: no C load tool for gRPC here).
 6. Soak: at least --soak requests at concurrency 32 (one wrk run, its length sized from the
    throughput measured in 4; the count it made is reported); RSS before and after.
-7. With --levers: each serving lever turned off (or on) alone, on a fresh server: the parser and
-   event loop (--http h11 --loop asyncio), --graph eager, --torch-threads 2, --access-log,
-   --workers 2, and the gRPC server off, at concurrency 1 and 32.
-8. The in-process forward pass, eager and TorchScript, at batch 1 and 64.
+7. With --levers: each serving lever turned off (or on) alone, on a fresh server: the runtime
+   (--runtime torch: PyTorch with TorchScript, and with --graph eager), the parser and event loop
+   (--http h11 --loop asyncio), --torch-threads 2, --access-log, --workers 2, and the gRPC
+   server off, at concurrency 1 and 32, with each server's start-up time and RSS.
+8. The in-process forward pass, PyTorch eager, TorchScript and ONNX Runtime, at batch 1 and 64.
 
 Loopback only; every load is bounded in time. Needs `wrk` (Debian's
 package). Writes benchmarks/results/serve_load.{json,md} with the command, commit and date.
@@ -343,12 +344,18 @@ def forward_times(bundle: Path, img: np.ndarray) -> dict[str, float]:
     import torch
 
     from eir_core.bundle import resolve_bundle_path
+    from eir_core.onnx_runtime import OnnxPredictor
     from eir_core.predict import Predictor
 
     torch.set_num_threads(1)  # as eirserve runs it on the CPU
+    path = resolve_bundle_path(bundle)
     out = {}
-    for graph in ("eager", "torchscript"):
-        pred = Predictor.from_path(resolve_bundle_path(bundle), device="cpu", graph=graph)
+    runners: dict[str, Any] = {
+        "eager": Predictor.from_path(path, device="cpu", graph="eager"),
+        "torchscript": Predictor.from_path(path, device="cpu", graph="torchscript"),
+        "onnxruntime": OnnxPredictor.from_path(path, threads=1),
+    }
+    for graph, pred in runners.items():
         for n in (1, 64):
             items = [{"mnist": img}] * n
             pred.predict(items, list(range(n)))
@@ -361,9 +368,10 @@ def forward_times(bundle: Path, img: np.ndarray) -> dict[str, float]:
 
 LEVERS = {  # name -> flags that turn the lever off (or, for workers, on)
     "all levers (defaults)": [],
+    "PyTorch (TorchScript) instead of ONNX Runtime": ["--runtime", "torch"],
+    "PyTorch eager instead of ONNX Runtime": ["--runtime", "torch", "--graph", "eager"],
     "h11 + asyncio instead of httptools + uvloop": ["--http", "h11", "--loop", "asyncio"],
-    "eager instead of TorchScript": ["--graph", "eager"],
-    "2 torch threads instead of 1": ["--torch-threads", "2"],
+    "2 forward-pass threads instead of 1": ["--torch-threads", "2"],
     "access log on": ["--access-log", "--log-level", "info"],
     "--workers 2": ["--workers", "2"],
     "gRPC off (--grpc-port 0)": ["--grpc-port", "0"],
@@ -613,9 +621,10 @@ def render(r: dict[str, Any]) -> str:
     f = r["forward"]
     lines += [
         "",
-        f"In-process forward pass (1 thread): eager {f['eager_batch_1_ms']} ms at batch 1, "
-        f"{f['eager_batch_64_ms']} ms at 64; TorchScript {f['torchscript_batch_1_ms']} ms and "
-        f"{f['torchscript_batch_64_ms']} ms.",
+        "In-process `predict` (batch building, forward pass, un-normalizing; 1 thread): PyTorch eager "
+        f"{f['eager_batch_1_ms']} ms at batch 1, {f['eager_batch_64_ms']} ms at 64; TorchScript "
+        f"{f['torchscript_batch_1_ms']} ms and {f['torchscript_batch_64_ms']} ms; ONNX Runtime "
+        f"{f['onnxruntime_batch_1_ms']} ms and {f['onnxruntime_batch_64_ms']} ms.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -11,6 +11,8 @@ PUBLIC_CORE = {
     "eir_core.manifest",
     "eir_core.bundle",
     "eir_core.predict",
+    "eir_core.inference",
+    "eir_core.onnx_runtime",
     "eir_core.device",
     "eir_core.errors",
 }

@@ -178,3 +178,15 @@ def test_no_onnxruntime_means_no_graph_and_says_so(tiny_bundle: Path, monkeypatc
     b = load_bundle(tiny_bundle)
     graph, why = onnx_export.bundle_graph(b)
     assert graph is None and "onnxruntime is not installed" in why
+
+
+def test_the_export_leaves_a_training_model_in_training_mode(tiny_bundle: Path) -> None:
+    from eir_core.model.meta import MetaModel
+
+    b = load_bundle(tiny_bundle)
+    model = MetaModel(b.manifest.model_spec)
+    model.load_state_dict(b.state_dict)
+    model.train()
+    graph, why = onnx_export.bundle_graph(b, model)
+    assert graph is not None, why
+    assert model.training and all(m.training for m in model.modules())

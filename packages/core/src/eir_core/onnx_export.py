@@ -142,7 +142,16 @@ def _random_items(items: ItemModel, n: int, rng: np.random.Generator) -> list[di
 
 def export_graph(model: nn.Module, items: ItemModel) -> tuple[Graph | None, str]:
     """``(graph, "")``, or ``(None, why)`` when the model cannot be exported or the graph does
-    not match it. ``model`` is on any device; the export runs on a CPU copy."""
+    not match it. ``model`` is on any device (the export runs on a CPU copy) and is left in the
+    mode it was in."""
+    training = model.training
+    try:
+        return _export(model, items)
+    finally:
+        model.train(training)
+
+
+def _export(model: nn.Module, items: ItemModel) -> tuple[Graph | None, str]:
     try:
         import onnxruntime as ort
     except ImportError:

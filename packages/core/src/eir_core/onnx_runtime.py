@@ -55,6 +55,9 @@ class OnnxPredictor(ItemModel):
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3  # errors only: ORT's warnings are not the user's to act on
+        # Idle pool threads sleep instead of spinning: with more than one thread, spinning ones
+        # would take the cores the event loop and the other workers need between batches.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(bundle.graph.onnx, opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # a corrupt or foreign graph is the bundle's problem, said as such
