@@ -25,6 +25,8 @@ from eir_core.errors import DataError
 
 log = logging.getLogger(__name__)
 
+LOAD_CHUNK = 512  # rows converted to normalized float32 at a time (ArrayColumn._load)
+
 
 def split_ids(ids: list[str], valid_size: float, seed: int) -> tuple[list[str], list[str]]:
     """Sorted IDs split exactly as scikit-learn's ``train_test_split(test_size, random_state)``.
@@ -77,12 +79,24 @@ class ArrayColumn:
         return self._load(idx)
 
     def _load(self, idx: np.ndarray) -> torch.Tensor:
+        """Normalized float32 arrays of run indices ``idx`` (NaN where the sample has none),
+        converted ``LOAD_CHUNK`` rows at a time: the temporaries of the conversion are then a
+        few MB instead of several copies of the whole set (preloading 10 000 28x28 images
+        raised the peak RSS by ~130 MB and left ~65 MB of it in the heap)."""
         rows = self.rows[idx]
-        out = torch.full((len(idx), *self.source.shape), float("nan"))
         have = np.nonzero(rows >= 0)[0]
-        if have.size:
-            raw = self.source.read(rows[have])
-            out[torch.from_numpy(have)] = self.stats.normalize(torch.from_numpy(raw.astype(np.float32)))
+        out = torch.empty((len(idx), *self.source.shape), dtype=torch.float32)
+        if have.size < len(idx):
+            out.fill_(float("nan"))
+        every = have.size == len(idx)  # then row k of ``have`` is row k of ``out``
+        for s in range(0, have.size, LOAD_CHUNK):
+            part = have[s : s + LOAD_CHUNK]
+            raw = self.source.read(rows[part])
+            values = self.stats.normalize(torch.from_numpy(raw.astype(np.float32)))
+            if every:
+                out[s : s + len(part)] = values
+            else:
+                out[torch.from_numpy(part)] = values
         return out
 
     def preload(self) -> None:
