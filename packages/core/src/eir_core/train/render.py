@@ -79,14 +79,19 @@ class Renderer:
         try:
             stdin.write(json.dumps({"kind": kind, **job}) + "\n")
             stdin.flush()
-        except (BrokenPipeError, OSError) as e:
+        except (BrokenPipeError, OSError, ValueError) as e:  # ValueError: after finish()
             log.warning("the plot renderer is gone (%s); artifacts of this round are not drawn", e)
+
+    def finish(self) -> None:
+        """No more jobs: the renderer leaves the idle class and draws what is queued on every core,
+        while the trainer goes on with its last work (the final bundle); ``close`` waits for it."""
+        if self.proc is not None and self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()
 
     def close(self, timeout: float = 120.0) -> None:
         if self.proc is None:
             return
-        if self.proc.stdin:
-            self.proc.stdin.close()
+        self.finish()
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

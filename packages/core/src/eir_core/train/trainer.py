@@ -308,6 +308,8 @@ class Trainer:
         if checkpoint:
             rng_by_rank = self.dist.all_gather_json(resume.rng_state(self.batches.rng)) if self.dist.enabled else None
             if main:
+                if final:  # the last plots draw (on every core) while the final bundle is written
+                    self.renderer.finish()
                 self.save_checkpoint(perf, loss, final, rng_by_rank)
         return perf
 
@@ -364,11 +366,12 @@ class Trainer:
             progress.close()
         if not self.train_elapsed_s:
             self.train_elapsed_s = round(time.perf_counter() - self.t_start, 2)
-        if self.dist.is_main and self.renderer.proc is not None:
+        drawing = self.dist.is_main and self.renderer.proc is not None
+        if drawing:
             log.info("drawing the last plots and t-SNE (the renderer process) ...")
         t0 = time.perf_counter()
         self.renderer.close()
-        if self.dist.is_main and self.renderer.proc is not None:
+        if drawing:
             log.info("plots done in %.1fs", time.perf_counter() - t0)
         self.dist.barrier()  # rank 0's last checkpoint is on disk before any rank reports done
         self.run.release()
