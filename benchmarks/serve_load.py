@@ -573,7 +573,7 @@ def render(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"Start to ready: ours {r['ready_s']['ours']} s (RSS {r['rss_ready_mb']['ours']} MB, of which "
-        f"{r['rss_ready_anon_mb']['ours']} MB private; the rest is mapped shared libraries, mostly PyTorch's)"
+        f"{r['rss_ready_anon_mb']['ours']} MB private; the rest is mapped shared libraries)"
         + (
             f", EIR {r['ready_s']['eir']} s to its first answer (RSS {r['rss_ready_mb']['eir']} MB, "
             f"{r['rss_after_mb']['eir']} MB after its runs)"
