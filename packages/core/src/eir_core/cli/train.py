@@ -139,8 +139,14 @@ def exit_now(code: int) -> NoReturn:
 
 
 def run() -> NoReturn:
-    """``main`` with the fast exit, for ``python -m eir_core.cli.train`` (and a console script)."""
-    exit_now(main())
+    """``main`` with the fast exit after a finished run, for ``python -m eir_core.cli.train`` and
+    the ``eirtrain`` script. A failed run exits the ordinary way: under torchrun, a rank that
+    leaves the error message to rank 0 must not be gone (and the agent stopping the others)
+    before rank 0 has printed it."""
+    code = main()
+    if code != 0:
+        sys.exit(code)
+    exit_now(code)
 
 
 if __name__ == "__main__":
