@@ -110,7 +110,9 @@ victim=${replicas[1]}
 vip=$(ip_of "$victim")
 slot=$(lb_servers | awk -v ip="$vip" '$2 == ip {print $1}')
 [ -n "$slot" ] || fail "no HAProxy server slot for $vip"
-unanswered() { lb_servers | awk -v s="$slot" '$1 == s {print $5 - $6 - $7}'; }
+# Sessions that ended without an answer (and were not redispatched): the ones still open (scur)
+# are not counted, or those in flight when the base is read would be subtracted from the result.
+unanswered() { lb_servers | awk -v s="$slot" '$1 == s {print $5 - $6 - $7 - $4}'; }
 base=$(unanswered)
 docker kill "$victim" >/dev/null
 tk=$(date +%s.%N)
