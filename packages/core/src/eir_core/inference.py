@@ -132,7 +132,7 @@ class ItemModel:
                     x[given] = self.input_stats[name].normalize_array(raw)
                 for i in (i for i in range(n) if missing[i]):
                     # One generator per item: batched and unbatched answers agree.
-                    x[i] = noise_array(shape, int(seeds[i]), check_noise_scale(scales[i]))
+                    x[i] = noise_array(shape, int(seeds[i]), float(scales[i]))
                 batch[name] = x
             else:
                 enc = self.encodings[name]
@@ -150,6 +150,23 @@ class ItemModel:
                         con[i, j] = enc.con_values(c, np.array([np.nan if v is None else v]))[0]
                 batch[name] = {"cat": cat, "con": con}
         return batch
+
+    def run_batch(self, batch: ArrayBatch) -> dict[str, np.ndarray]:
+        """The forward pass of a runtime: model outputs (normalized) for ``batch``."""
+        raise NotImplementedError(f"{type(self).__name__} has no forward pass; use Predictor or OnnxPredictor")
+
+    def predict(
+        self, items: Sequence[Item], seeds: Sequence[int] | None = None, noise_scale: float | Sequence[float] = 1.0
+    ) -> list[dict[str, np.ndarray]]:
+        """Un-normalized float32 outputs, one dict per item (items must pass ``check_item``).
+
+        ``noise_scale`` (one for all items, or one per item) multiplies the N(0, 1) noise that
+        replaces a left-out array input: the same seed at scale s is s × the scale-1 noise.
+        1.0 is what the model was trained with (and what EIR imputes)."""
+        if not items:
+            return []
+        seeds, scales = self.seeds_and_scales(len(items), seeds, noise_scale)
+        return self.split_outputs(self.run_batch(self.array_batch(items, seeds, scales)), len(items))
 
     def split_outputs(self, arrays: Mapping[str, np.ndarray], n: int) -> list[dict[str, np.ndarray]]:
         """Un-normalized float32 outputs, one dict per item."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from eir_core.bundle import ArrayBundle, GraphInput, load_array_bundle
 from eir_core.errors import BundleError
-from eir_core.inference import ArrayBatch, Item, ItemModel
+from eir_core.inference import ArrayBatch, ItemModel
 
 log = logging.getLogger("eir_core.onnx")
 
@@ -72,15 +72,6 @@ class OnnxPredictor(ItemModel):
     def from_path(cls, path: Path | str, threads: int = 1) -> OnnxPredictor:
         return cls(load_array_bundle(Path(path)), source=str(path), threads=threads)
 
-    def forward(self, batch: ArrayBatch) -> dict[str, np.ndarray]:
+    def run_batch(self, batch: ArrayBatch) -> dict[str, np.ndarray]:
         got: list[Any] = self.session.run(None, flat_arrays(batch, self._inputs))
         return dict(zip(self._output_names, got, strict=True))
-
-    def predict(
-        self, items: Sequence[Item], seeds: Sequence[int] | None = None, noise_scale: float | Sequence[float] = 1.0
-    ) -> list[dict[str, np.ndarray]]:
-        """As ``Predictor.predict``: un-normalized float32 outputs, one dict per item."""
-        if not items:
-            return []
-        seeds, scales = self.seeds_and_scales(len(items), seeds, noise_scale)
-        return self.split_outputs(self.forward(self.array_batch(items, seeds, scales)), len(items))

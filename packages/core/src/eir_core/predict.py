@@ -20,7 +20,7 @@ from eir_core.bundle import Bundle, load_bundle
 from eir_core.device import resolve_device
 from eir_core.errors import BundleError
 from eir_core.graph import trace_for_inference
-from eir_core.inference import Item, ItemModel
+from eir_core.inference import ArrayBatch, Item, ItemModel
 from eir_core.model.meta import MetaModel
 
 __all__ = ["GRAPHS", "Item", "Predictor"]
@@ -65,28 +65,21 @@ class Predictor(ItemModel):
     def from_path(cls, path: Path | str, device: str = "auto", graph: str = "eager") -> Predictor:
         return cls(load_bundle(Path(path)), device=device, source=str(path), graph=graph)
 
-    def _batch(self, items: Sequence[Item], seeds: Sequence[int], scales: Sequence[float]) -> dict[str, Any]:
-        """The NumPy batch as tensors on the device."""
+    def _tensors(self, batch: ArrayBatch) -> dict[str, Any]:
+        """A NumPy batch as tensors on the device."""
 
         def to_device(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(a).to(self.device, non_blocking=True)
 
         return {
             name: {k: to_device(v) for k, v in x.items()} if isinstance(x, dict) else to_device(x)
-            for name, x in self.array_batch(items, seeds, scales).items()
+            for name, x in batch.items()
         }
 
-    @torch.inference_mode()
-    def predict(
-        self, items: Sequence[Item], seeds: Sequence[int] | None = None, noise_scale: float | Sequence[float] = 1.0
-    ) -> list[dict[str, np.ndarray]]:
-        """Un-normalized float32 outputs, one dict per item (items must pass ``check_item``).
+    def _batch(self, items: Sequence[Item], seeds: Sequence[int], scales: Sequence[float]) -> dict[str, Any]:
+        """The model's input for ``items`` as tensors on the device."""
+        return self._tensors(self.array_batch(items, seeds, scales))
 
-        ``noise_scale`` (one for all items, or one per item) multiplies the N(0, 1) noise that
-        replaces a left-out array input: the same seed at scale s is s × the scale-1 noise.
-        1.0 is what the model was trained with (and what EIR imputes)."""
-        if not items:
-            return []
-        seeds, scales = self.seeds_and_scales(len(items), seeds, noise_scale)
-        out = self.forward(self._batch(items, seeds, scales))
-        return self.split_outputs({name: y.float().cpu().numpy() for name, y in out.items()}, len(items))
+    @torch.inference_mode()
+    def run_batch(self, batch: ArrayBatch) -> dict[str, np.ndarray]:
+        return {name: y.float().cpu().numpy() for name, y in self.forward(self._tensors(batch)).items()}
