@@ -36,6 +36,26 @@ def test_lcl_paths_agree_with_the_definition() -> None:
     assert LCL(688, 1, num_chunks=1248).out_features == 1248
 
 
+def test_lcl_training_path_gives_the_definitions_values_and_gradients() -> None:
+    """With autograd recording, LCLs take bmm with a contiguous gradient (not the inference
+    paths): same output, same input and weight gradients as the einsum definition, for
+    narrow (broadcast at inference), tiny (broadcast in training too) and wide layers."""
+    torch.manual_seed(0)
+    for n_in, sets, kernel, chunks in [(784, 4, 4, None), (1248, 1, None, 560), (928, 16, 12, None)]:
+        layer = LCL(n_in, sets, kernel_size=kernel, num_chunks=chunks)
+        x = torch.randn(5, n_in, requires_grad=True)
+        upstream = torch.randn(5, layer.out_features)
+        out = layer(x)
+        (out * upstream).sum().backward()
+        got = (out.detach(), x.grad, layer.weight.grad)
+        x.grad, layer.weight.grad = None, None
+        xp = torch.nn.functional.pad(x, (0, layer.padding)).view(5, layer.num_chunks, layer.kernel_size)
+        expected = torch.einsum("nck,sck->nsc", xp, layer.weight).flatten(1) + layer.bias
+        (expected * upstream).sum().backward()
+        for a, b in zip(got, (expected.detach(), x.grad, layer.weight.grad), strict=True):
+            torch.testing.assert_close(a, b)
+
+
 def _spec(hw: int, label: bool = False) -> ModelSpec:
     inputs = [
         InputSpec(

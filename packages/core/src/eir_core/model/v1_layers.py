@@ -53,6 +53,7 @@ class LCL(layers.LCL):
         # Narrow layers (few sets x short kernels) are many tiny matrix products: a broadcast
         # multiply-and-sum beats batched matmul there (3-5x on CPU); wide ones use bmm.
         self._broadcast = out_feature_sets * kernel_size <= 128
+        self._tiny = out_feature_sets * kernel_size <= 6  # see layers.LCL
         # Each output sees only its chunk, so the fan-in is the kernel size, not the row size.
         bound = 1.0 / math.sqrt(kernel_size)
         nn.init.uniform_(self.weight, -bound, bound)
