@@ -23,3 +23,49 @@ def test_finish_then_close_draws_what_was_queued(tmp_path: Path, caplog: pytest.
     r.close()
     assert curve.stat().st_size > 1000 and not (tmp_path / "late.png").exists()
     assert r.proc is None
+
+
+def test_after_the_end_of_input_the_newest_job_wins_a_shared_file(tmp_path: Path) -> None:
+    """Once stdin ends, two lanes draw what is queued (on 2+ cores): a slow older t-SNE and a
+    quick newer curve both write ``latest.png``; the t-SNE finishes last, yet the file is the
+    curve's, and the t-SNE's own file is still written."""
+    import io
+    import json
+
+    import numpy as np
+
+    from eir_core.train.render import serve
+
+    rng = np.random.default_rng(0)
+    rec = np.zeros(300, dtype=[("Latent", "f8", (16,)), ("ID", "U8")])
+    rec["Latent"] = rng.normal(size=(300, 16))
+    np.save(tmp_path / "batch_00000.npy", rec)
+    latest, own, curve = tmp_path / "latest.png", tmp_path / "tsne.png", tmp_path / "curve.png"
+    jobs = [
+        {
+            "kind": "tsne",
+            "batches": [str(tmp_path / "batch_00000.npy")],
+            "paths": [str(own), str(latest)],
+            "title": "t",
+        },
+        {"kind": "curve", "path": str(latest), "train": [[1, 1.0], [2, 0.5]], "valid": [], "title": "c"},
+        {"kind": "curve", "path": str(curve), "train": [[1, 1.0], [2, 0.5]], "valid": [], "title": "c"},
+    ]
+    serve(io.StringIO("".join(json.dumps(j) + "\n" for j in jobs)))
+    assert own.stat().st_size > 1000
+    assert latest.read_bytes() == curve.read_bytes()  # the same curve, drawn twice
+
+
+def test_outputs_keep_the_newest_write() -> None:
+    import tempfile
+
+    from eir_core.train.render import _Outputs
+
+    with tempfile.TemporaryDirectory() as d:
+        path = str(Path(d) / "x.png")
+        out = _Outputs()
+        out.write(path, b"new", seq=2)
+        out.write(path, b"old", seq=1)
+        assert Path(path).read_bytes() == b"new"
+        out.write(path, b"newer", seq=3)
+        assert Path(path).read_bytes() == b"newer"

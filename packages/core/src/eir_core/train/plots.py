@@ -1,15 +1,13 @@
-"""Training curves and sample grids as PNG (matplotlib, imported lazily: training-only)."""
+"""Training curves, sample grids and t-SNE pictures as PNG bytes (matplotlib, imported lazily:
+training-only). Where the bytes go is the renderer's business (``render.py``)."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from eir_core._fs import atomic_write_bytes
 
 
 def _figure(figsize: tuple[float, float]) -> Any:
@@ -19,10 +17,10 @@ def _figure(figsize: tuple[float, float]) -> Any:
     return Figure(figsize=figsize)
 
 
-def _save(fig: Any, path: Path) -> None:
+def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def _smooth(y: np.ndarray, window: int) -> np.ndarray:
@@ -33,8 +31,8 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
 
 
 def plot_curve(
-    path: Path, train: Sequence[tuple[int, float]], valid: Sequence[tuple[int, float]], title: str, skip: int = 0
-) -> None:
+    train: Sequence[tuple[int, float]], valid: Sequence[tuple[int, float]], title: str, skip: int = 0
+) -> bytes:
     """Training (smoothed) and validation values against the iteration."""
     fig = _figure((7, 4))
     ax = fig.subplots()
@@ -53,10 +51,10 @@ def plot_curve(
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)
-    _save(fig, path)
+    return _png(fig)
 
 
-def plot_sample_grid(path: Path, rows: Sequence[tuple[str, Sequence[np.ndarray]]], col_titles: Sequence[str]) -> None:
+def plot_sample_grid(rows: Sequence[tuple[str, Sequence[np.ndarray]]], col_titles: Sequence[str]) -> bytes:
     """One row per sample: (label, [arrays shaped (C,H,W) or (H,W)]) shown as grey images."""
     n_rows, n_cols = len(rows), len(col_titles)
     fig = _figure((1.6 * n_cols, 1.6 * n_rows))
@@ -75,19 +73,17 @@ def plot_sample_grid(path: Path, rows: Sequence[tuple[str, Sequence[np.ndarray]]
                 ax.set_title(col_titles[c], fontsize=8)
             if c == 0:
                 ax.set_ylabel(label, fontsize=7)
-    _save(fig, path)
+    return _png(fig)
 
 
-def plot_tsne(
-    paths: Sequence[Path], latent: np.ndarray, labels: Sequence[str] | None, title: str, seed: int = 42
-) -> None:
-    """2-D t-SNE of ``latent`` (N, D), coloured by ``labels`` when given; written to each path."""
+def plot_tsne(latent: np.ndarray, labels: Sequence[str] | None, title: str, seed: int = 42) -> bytes | None:
+    """2-D t-SNE of ``latent`` (N, D), coloured by ``labels`` when given (None: too few points)."""
     from sklearn.decomposition import PCA  # training extra
     from sklearn.manifold import TSNE
 
     n = latent.shape[0]
     if n < 5:
-        return
+        return None
     # PCA to 30 dimensions first and 500 iterations: the usual recipe, ~4x cheaper than the
     # defaults on 1000 points, and the picture is the same at this size.
     x = latent.astype(np.float32)
@@ -110,5 +106,4 @@ def plot_tsne(
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=9)
-    for path in paths:
-        _save(fig, path)
+    return _png(fig)
