@@ -1,6 +1,7 @@
 """Training throughput of `eirtrain` vs a bare PyTorch loop of the same model, in one run.
 
     python benchmarks/train_throughput.py [--size 28] [--count 10000] [--epochs 10] [--nproc 2] [--with-eir]
+                                          [--repeats N]
 
 1. Writes the built-in digits (28x28 variant, 10 000 images by default) to a temp folder with
    `eir-data digits`.
@@ -17,6 +18,10 @@
    0.25.0 through benchmarks/eir_reference.sh on the very same data files and tutorial YAMLs.
    Iterations are read from EIR's own history logs; validation MSE is compared at the last
    iteration both runs evaluated (the tutorial evaluates every 1 000 iterations).
+
+With --repeats N, steps 2, 3 and 5 run N rounds, one after the other (eirtrain, bare loop, EIR;
+torchrun once): each ratio compares runs of the same round, since this machine's speed drifts by
+tens of percent over minutes, and the table gives medians with every round's value.
 
 Peak RSS of every process is its kernel-recorded high-water mark (VmHWM), read from /proc
 while it runs (Linux).
@@ -251,6 +256,24 @@ def run_eir_reference(data: Path, epochs: int, size: int, extra: list[str]) -> d
     }
 
 
+def median(values: list[float]) -> float:
+    return round(float(np.median(values)), 3)
+
+
+def median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run whose ``key`` is the median (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=lambda r: r[key])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def listed(values: list[float]) -> str:
+    return f" ({', '.join(f'{v:g}' for v in values)})" if len(values) > 1 else ""
+
+
+def rounds(runs: list[dict[str, Any]], key: str) -> str:
+    return listed([r[key] for r in runs])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=28, choices=(8, 28))
@@ -258,6 +281,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--nproc", type=int, default=2, help="processes for the torchrun figure (0: skip it)")
     ap.add_argument("--with-eir", action="store_true")
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="rounds of eirtrain, bare loop (and EIR), one after the other"
+    )
     ap.add_argument(
         "--eval-interval",
         type=int,
@@ -273,12 +299,32 @@ def main() -> None:
                 f"--globals.evaluation_checkpoint.{k}={a.eval_interval}"
                 for k in ("checkpoint_interval", "sample_interval")
             ]
-        ours = run_eirtrain(data, Path(tmp) / "run", a.epochs, extra=extra)
-        bare = bare_loop(data, int(ours["iterations"]))
-        if bare["parameters"] != ours["parameters"]:
-            sys.exit(f"the bare loop built {bare['parameters']} parameters, eirtrain {ours['parameters']}")
+        # Rounds of (eirtrain, bare loop, EIR) one after the other: this machine's speed drifts
+        # over minutes, so each ratio compares runs made next to each other, and the figures
+        # are the medians over the rounds.
+        runs: list[dict[str, Any]] = []
+        bares: list[dict[str, float]] = []
+        eirs: list[dict[str, Any]] = []
+        for r in range(a.repeats):
+            if a.repeats > 1:
+                print(f"round {r + 1}/{a.repeats}", file=sys.stderr)
+            runs.append(run_eirtrain(data, Path(tmp) / f"run{r}", a.epochs, extra=extra))
+            bares.append(bare_loop(data, int(runs[-1]["iterations"])))
+            if bares[-1]["parameters"] != runs[-1]["parameters"]:
+                sys.exit(f"the bare loop built {bares[-1]['parameters']} parameters, eirtrain {runs[-1]['parameters']}")
+            if a.with_eir:
+                got = run_eir_reference(data, a.epochs, a.size, extra)
+                if got is None:
+                    break
+                eirs.append(got)
         ddp = run_eirtrain(data, Path(tmp) / "run_ddp", a.epochs, a.nproc, extra) if a.nproc > 1 else None
-        eir = run_eir_reference(data, a.epochs, a.size, extra) if a.with_eir else None
+    ours, bare = median_run(runs, "wall_s"), median_run(bares, "loop_s")
+    eir = median_run(eirs, "wall_s") if eirs else None
+    loop_ratios = [round(o["loop_s"] / b["loop_s"], 3) for o, b in zip(runs, bares, strict=True)]
+    eir_ratios = [
+        round(o["samples_per_s_whole_process"] / e["samples_per_s_whole_process"], 2)
+        for o, e in zip(runs, eirs, strict=False)
+    ]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     result: dict[str, Any] = {
         "command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
@@ -291,20 +337,25 @@ def main() -> None:
             "batch_size": 64,
             "eval_interval": a.eval_interval,
         },
+        "repeats": a.repeats,
         "eirtrain": ours,
         "bare_loop": bare,
-        "ratio_trainer_loop_over_bare_loop": round(ours["loop_s"] / bare["loop_s"], 3),
+        "eirtrain_runs": runs,
+        "bare_loop_runs": bares,
+        "first_step_s_median": median([r["first_step_s"] for r in runs]),
+        "ratio_trainer_loop_over_bare_loop": median(loop_ratios),
+        "ratios_trainer_loop_over_bare_loop_per_round": loop_ratios,
         "eirtrain_torchrun": ddp,
         "eir_0_25": eir,
+        "eir_0_25_runs": eirs,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     if ddp:
         ratio = ddp["samples_per_s_loop"] / ours["samples_per_s_loop"]
         result["ratio_torchrun_over_one_process_loop"] = round(ratio, 2)
     if eir:
-        result["ratio_whole_process_ours_over_eir"] = round(
-            ours["samples_per_s_whole_process"] / eir["samples_per_s_whole_process"], 2
-        )
+        result["ratio_whole_process_ours_over_eir"] = median(eir_ratios)
+        result["ratios_whole_process_ours_over_eir_per_round"] = eir_ratios
         common = set(ours["validation_mse"]) & set(eir["validation_mse"])
         if common:
             at = max(common)
@@ -323,15 +374,29 @@ def main() -> None:
         f"Workload: tutorial run 1, {a.size}x{a.size}, {a.count} images, {a.epochs} epochs, batch 64"
         + (f", validation every {a.eval_interval} iterations." if a.eval_interval else "."),
         "",
+        *(
+            [
+                f"{a.repeats} rounds of eirtrain, the bare loop"
+                + (" and EIR" if eirs else "")
+                + ", one after the other; each ratio compares the runs of one round. Figures of a "
+                "single run are from the run with the median wall time; ratios and the first step "
+                "are medians over the rounds (each round's in brackets).",
+                "",
+            ]
+            if a.repeats > 1
+            else []
+        ),
         "| figure | value |",
         "|---|---|",
-        f"| eirtrain wall time, start to exit | {ours['wall_s']} s |",
+        f"| eirtrain wall time, start to exit | {ours['wall_s']} s{rounds(runs, 'wall_s')} |",
         f"| eirtrain whole-process throughput | {ours['samples_per_s_whole_process']} samples/s |",
-        f"| first training step after process start | {ours['first_step_s']} s |",
-        f"| eirtrain training loop (incl. validation, samples, checkpoints) | {ours['loop_s']} s |",
+        f"| first training step after process start | {result['first_step_s_median']} s"
+        f"{rounds(runs, 'first_step_s')} |",
+        f"| eirtrain training loop (incl. validation, samples, checkpoints) | {ours['loop_s']} s"
+        f"{rounds(runs, 'loop_s')} |",
         f"| bare PyTorch loop, same model/optimizer/iterations | {bare['loop_s']} s "
-        f"({bare['samples_per_s']} samples/s) |",
-        f"| ratio trainer loop / bare loop | {result['ratio_trainer_loop_over_bare_loop']} |",
+        f"({bare['samples_per_s']} samples/s){rounds(bares, 'loop_s')} |",
+        f"| ratio trainer loop / bare loop | {result['ratio_trainer_loop_over_bare_loop']}{listed(loop_ratios)} |",
         f"| peak RSS of eirtrain | {ours['peak_rss_mb']} MB |",
         f"| peak RSS of its plot renderer process | {ours['peak_rss_mb_renderer']} MB |",
         f"| final validation MSE (iteration {ours['final_iteration']}) | {ours['final_validation_mse']:.4f} |",
@@ -349,12 +414,12 @@ def main() -> None:
         ]
     if eir:
         lines += [
-            f"| EIR 0.25 wall time (same data files and YAMLs) | {eir['wall_s']} s |",
+            f"| EIR 0.25 wall time (same data files and YAMLs) | {eir['wall_s']} s{rounds(eirs, 'wall_s')} |",
             f"| EIR iterations (from its history log) | {eir['iterations']} "
             f"({eir['iterations_per_epoch']:g} per epoch) |",
             f"| EIR whole-process throughput | {eir['samples_per_s_whole_process']} samples/s |",
             f"| EIR peak RSS | {eir['peak_rss_mb']} MB |",
-            f"| ratio ours / EIR, whole process | {result['ratio_whole_process_ours_over_eir']} |",
+            f"| ratio ours / EIR, whole process | {result['ratio_whole_process_ours_over_eir']}{listed(eir_ratios)} |",
             f"| parameters: eirtrain / EIR | {ours['parameters']} / {eir['parameters']} |",
         ]
         same = result.get("validation_mse_same_iteration")
