@@ -73,6 +73,26 @@ def test_normalization_round_trip(kind: str | None) -> None:
     torch.testing.assert_close(stats.denormalize(z), t, rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_statistics_in_chunks_equal_numpys(monkeypatch: pytest.MonkeyPatch, dtype: type) -> None:
+    """compute_stats sums STATS_CHUNK rows at a time (no float64 copy of the whole set): the
+    same float32 statistics as ndarray.mean/std over the whole set in float64."""
+    from eir_core.data import normalization
+
+    monkeypatch.setattr(normalization, "STATS_CHUNK", 7)  # several chunks, the last one partial
+    rng = np.random.default_rng(2)
+    x = (rng.random((50, 2, 3, 4)) * 255).astype(dtype)
+    for kind, axes in (("channel", (0, 2, 3)), ("element", (0,))):
+        stats = compute_stats(x, kind)
+        mean = x.mean(axis=axes, keepdims=True, dtype=np.float64)[0]
+        std = x.std(axis=axes, keepdims=True, dtype=np.float64)[0]
+        np.testing.assert_allclose(stats.mean.reshape(mean.shape), mean.astype(np.float32), rtol=1e-7)
+        np.testing.assert_allclose(stats.std.reshape(std.shape), std.astype(np.float32), rtol=1e-7)
+        m64, s64 = normalization._mean_std(x, axes)
+        np.testing.assert_allclose(m64, mean, rtol=1e-13)
+        np.testing.assert_allclose(s64, std, rtol=1e-13)
+
+
 def test_tabular_vocabulary_null_and_errors(tmp_path: Path) -> None:
     csv = tmp_path / "labels.csv"
     csv.write_text("ID,CLASS,AGE\na,1,10\nb,0,\nc,,30\nd,7,20\n")

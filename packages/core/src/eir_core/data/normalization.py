@@ -54,6 +54,27 @@ class NormStats:
         return out.astype(np.float32, copy=False)
 
 
+STATS_CHUNK = 512  # rows per float64 temporary in _mean_std
+
+
+def _mean_std(x: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (population) standard deviation over ``axes`` (which include 0), in float64, two
+    passes over ``STATS_CHUNK`` rows at a time: the float64 copy of the whole set that
+    ``ndarray.std`` makes (56 MB for 9 000 28x28 images, fresh pages each run) never exists.
+    Agrees with ``x.std(dtype=float64)`` to float64 rounding."""
+    n = x.shape[0]
+    count = float(np.prod([x.shape[a] for a in axes]))
+    total = np.zeros([1 if a in axes else d for a, d in enumerate(x.shape)], dtype=np.float64)
+    for s in range(0, n, STATS_CHUNK):
+        total += x[s : s + STATS_CHUNK].sum(axis=axes, keepdims=True, dtype=np.float64)
+    mean = total / count
+    squares = np.zeros_like(total)
+    for s in range(0, n, STATS_CHUNK):
+        d = x[s : s + STATS_CHUNK] - mean  # float64
+        squares += np.square(d, out=d).sum(axis=axes, keepdims=True)
+    return mean[0], np.sqrt(squares / count)[0]
+
+
 def compute_stats(arrays: np.ndarray, kind: str | None) -> NormStats:
     """Statistics of ``arrays`` shaped (N, C, H, W); NaNs are ignored."""
     c = arrays.shape[1]
@@ -71,8 +92,7 @@ def compute_stats(arrays: np.ndarray, kind: str | None) -> NormStats:
         mean = np.nanmean(x, axis=axes, keepdims=True)[0]
         std = np.nanstd(x, axis=axes, keepdims=True)[0]
     else:  # the common case, without nan* copies
-        mean = x.mean(axis=axes, keepdims=True, dtype=np.float64)[0]
-        std = x.std(axis=axes, keepdims=True, dtype=np.float64)[0]
+        mean, std = _mean_std(x, axes)
     std = np.nan_to_num(std, nan=1.0)
     mean = np.nan_to_num(mean, nan=0.0)
     if kind == "channel":
