@@ -95,3 +95,30 @@ def test_every_output_size_builds_quickly() -> None:
         m = MetaModel(_spec(hw))
         assert time.perf_counter() - t0 < 5
         assert m({"mnist": torch.randn(2, 1, hw, hw)})["mnist_output"].shape == (2, 1, hw, hw)
+
+
+def test_dropout_keeps_each_element_with_probability_1_minus_p() -> None:
+    """layers.Dropout (cheaper CPU mask): the kept share is 1 - p in every 16-bit lane of the
+    random words (a lane with a fixed bit would be off by far more than the tolerance), kept
+    values are scaled so the mean is kept, the gradient is the same mask, evaluation is the
+    identity, the printed module reads like nn.Dropout's, and a seed repeats the mask."""
+    from eir_core.model.layers import Dropout
+
+    layer = Dropout(0.1)
+    assert str(layer) == str(torch.nn.Dropout(0.1))
+    x = torch.ones(400_000, requires_grad=True)
+    torch.manual_seed(3)
+    y = layer(x)
+    kept = y.detach() != 0
+    for lane in range(4):  # 100 000 elements each: standard error 0.001
+        assert abs(float(kept[lane::4].float().mean()) - 0.9) < 0.005
+    scale = float(y.detach()[kept][0])
+    assert abs(scale - 1 / 0.9) < 1e-4 and torch.all(y.detach()[kept] == scale)
+    y.sum().backward()
+    assert x.grad is not None and torch.equal(x.grad, y.detach())
+    torch.manual_seed(3)
+    assert torch.equal(layer(x).detach(), y.detach())
+    assert not torch.equal(layer(x).detach(), y.detach())  # the next draw differs
+    layer.eval()
+    assert layer(x) is x
+    assert torch.all(Dropout(1.0).train()(torch.ones(10)) == 0)

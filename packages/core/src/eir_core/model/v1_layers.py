@@ -88,7 +88,7 @@ class LCLResidualBlock(nn.Module):
         self.norm = nn.RMSNorm(in_features)
         self.fc_1 = LCL(in_features, out_feature_sets, kernel_size=kernel_size)
         self.act = nn.GELU()
-        self.dropout = nn.Dropout(dropout_p)
+        self.dropout = layers.Dropout(dropout_p)
         self.fc_2 = LCL(self.fc_1.out_features, out_feature_sets, kernel_size=kernel_size)
         self.out_features = self.fc_2.out_features
         self.ls = LayerScale(self.out_features, 1.0)
@@ -140,7 +140,7 @@ class MLPResidualBlock(nn.Module):
         self.norm = nn.RMSNorm(in_features)
         self.fc_1 = nn.Linear(in_features, out_features, bias=False)
         self.act = nn.GELU()
-        self.dropout = nn.Dropout(dropout_p)
+        self.dropout = layers.Dropout(dropout_p)
         self.fc_2 = nn.Linear(out_features, out_features, bias=False)
         same = in_features == out_features
         # A same-width block starts close to the identity; a widening one must carry signal.
