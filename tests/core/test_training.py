@@ -131,3 +131,23 @@ def test_inputs_and_outputs_sharing_no_id_is_an_error(tmp_path: Path, digits_dir
     t = Trainer(cfg, TrainOptions(no_pbar=True))
     with pytest.raises(DataError, match="share no sample ID"):
         t.setup()
+
+
+def test_final_bundle_runs_on_one_thread_and_gives_the_count_back() -> None:
+    """The final bundle is written with PyTorch on one thread (the renderer's last plots get the
+    cores); an in-process run (tests, benchmarks) gets its thread count back, also on an error."""
+    import torch
+
+    from eir_core.train.trainer import one_intra_op_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_intra_op_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), one_intra_op_thread():
+            raise RuntimeError("a failed export")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -23,7 +23,8 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,19 @@ from eir_core.train.steps import BatchMaker, validate
 __all__ = ["TrainOptions", "Trainer", "run_seed"]
 
 log = logging.getLogger("eir_core.train")
+
+
+@contextmanager
+def one_intra_op_thread() -> Iterator[None]:
+    """PyTorch on one thread for the final bundle: training is over, so the thread count no longer
+    touches the weights, and the ONNX export and check take as long on one thread (0.5-0.8 s)
+    while a second, spinning one would take a core from the renderer's last plots."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 @dataclass
@@ -310,7 +324,8 @@ class Trainer:
             if main:
                 if final:  # the last plots draw (on every core) while the final bundle is written
                     self.renderer.finish()
-                self.save_checkpoint(perf, loss, final, rng_by_rank)
+                with one_intra_op_thread() if final else nullcontext():
+                    self.save_checkpoint(perf, loss, final, rng_by_rank)
         return perf
 
     def _write_artifacts(self, it: int, mse: dict[str, float]) -> None:
