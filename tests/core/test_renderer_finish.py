@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,3 +70,36 @@ def test_outputs_keep_the_newest_write() -> None:
         assert Path(path).read_bytes() == b"new"
         out.write(path, b"newer", seq=3)
         assert Path(path).read_bytes() == b"newer"
+
+
+def test_log_axis_labels_are_plain_numbers() -> None:
+    """Curves on a log axis label ticks as 0.1 / 0.05 (no mathtext, half the drawing time); minor
+    labels at 2 and 5 only while the axis spans at most two decades."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from eir_core.train.plots import _plain_log_labels
+
+    def labels(lo: float, hi: float) -> tuple[set[str], set[str]]:
+        fig = Figure()
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        ax.plot([0, 1], [lo, hi])
+        ax.set_yscale("log")
+        ax.set_ylim(lo, hi)
+        _plain_log_labels(ax)
+        fig.canvas.draw()
+
+        def shown(ticks: list[Any]) -> set[str]:
+            return {t.get_text() for t in ticks if t.get_text() and lo <= t.get_position()[1] <= hi}
+
+        return shown(ax.yaxis.get_majorticklabels()), shown(ax.yaxis.get_minorticklabels())
+
+    major, minor = labels(0.02, 0.7)
+    assert major == {"0.1"} and minor == {"0.02", "0.05", "0.2", "0.5"}
+    major, minor = labels(1e-4, 1.0)
+    assert {"0.001", "0.01", "0.1", "1"} <= major and not minor
+    assert not any("$" in t for t in major | minor)
