@@ -138,7 +138,7 @@ def test_final_bundle_runs_on_one_thread_and_gives_the_count_back() -> None:
     cores); an in-process run (tests, benchmarks) gets its thread count back, also on an error."""
     import torch
 
-    from eir_core.train.trainer import one_intra_op_thread
+    from eir_core.train.saving import one_intra_op_thread
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,19 @@ from eir_core.train.run_folder import RunFolder
 from eir_core.train.spec import build_manifest
 
 log = logging.getLogger("eir_core.train")
+
+
+@contextmanager
+def one_intra_op_thread() -> Iterator[None]:
+    """PyTorch on one thread for the final bundle: training is over, so the thread count no longer
+    touches the weights, and the ONNX export and check take as long on one thread (0.5-0.8 s)
+    while a second, spinning one would take a core from the renderer's last plots."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 @dataclass

@@ -23,8 +23,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +47,7 @@ from eir_core.train.progress import Progress
 from eir_core.train.render import Renderer
 from eir_core.train.run_folder import Plan, RunFolder
 from eir_core.train.sampling import SampleWriter
-from eir_core.train.saving import Saver
+from eir_core.train.saving import Saver, one_intra_op_thread
 from eir_core.train.signals import StopRequest, process_age_s, run_seed
 from eir_core.train.spec import build_model_spec, write_run_description
 from eir_core.train.steps import BatchMaker, validate
@@ -56,19 +55,6 @@ from eir_core.train.steps import BatchMaker, validate
 __all__ = ["TrainOptions", "Trainer", "run_seed"]
 
 log = logging.getLogger("eir_core.train")
-
-
-@contextmanager
-def one_intra_op_thread() -> Iterator[None]:
-    """PyTorch on one thread for the final bundle: training is over, so the thread count no longer
-    touches the weights, and the ONNX export and check take as long on one thread (0.5-0.8 s)
-    while a second, spinning one would take a core from the renderer's last plots."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 @dataclass
