@@ -9,6 +9,7 @@ answer for the same items and seeds.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -151,9 +152,19 @@ class ItemModel:
                 batch[name] = {"cat": cat, "con": con}
         return batch
 
+    def split_outputs(self, arrays: Mapping[str, np.ndarray], n: int) -> list[dict[str, np.ndarray]]:
+        """Un-normalized float32 outputs, one dict per item."""
+        out = {name: self.output_stats[name].denormalize_array(np.asarray(y, np.float32)) for name, y in arrays.items()}
+        return [{name: arr[i] for name, arr in out.items()} for i in range(n)]
+
+
+class BatchRunner(ItemModel, ABC):
+    """An ItemModel with a runtime's forward pass (Predictor on PyTorch, OnnxPredictor on ONNX
+    Runtime): ``predict`` is the same for both around their ``run_batch``."""
+
+    @abstractmethod
     def run_batch(self, batch: ArrayBatch) -> dict[str, np.ndarray]:
-        """The forward pass of a runtime: model outputs (normalized) for ``batch``."""
-        raise NotImplementedError(f"{type(self).__name__} has no forward pass; use Predictor or OnnxPredictor")
+        """The forward pass of a runtime (Predictor, OnnxPredictor): model outputs (normalized)."""
 
     def predict(
         self, items: Sequence[Item], seeds: Sequence[int] | None = None, noise_scale: float | Sequence[float] = 1.0
@@ -167,11 +178,6 @@ class ItemModel:
             return []
         seeds, scales = self.seeds_and_scales(len(items), seeds, noise_scale)
         return self.split_outputs(self.run_batch(self.array_batch(items, seeds, scales)), len(items))
-
-    def split_outputs(self, arrays: Mapping[str, np.ndarray], n: int) -> list[dict[str, np.ndarray]]:
-        """Un-normalized float32 outputs, one dict per item."""
-        out = {name: self.output_stats[name].denormalize_array(np.asarray(y, np.float32)) for name, y in arrays.items()}
-        return [{name: arr[i] for name, arr in out.items()} for i in range(n)]
 
 
 class Runner(Protocol):

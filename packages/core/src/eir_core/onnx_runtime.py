@@ -18,7 +18,7 @@ import numpy as np
 
 from eir_core.bundle import ArrayBundle, GraphInput, load_array_bundle
 from eir_core.errors import BundleError
-from eir_core.inference import ArrayBatch, ItemModel
+from eir_core.inference import ArrayBatch, BatchRunner
 
 log = logging.getLogger("eir_core.onnx")
 
@@ -28,7 +28,7 @@ def flat_arrays(batch: ArrayBatch, inputs: Sequence[GraphInput]) -> dict[str, np
     return {g.name: batch[g.input] if g.part is None else batch[g.input][g.part] for g in inputs}
 
 
-class OnnxPredictor(ItemModel):
+class OnnxPredictor(BatchRunner):
     """Runs on the CPU with ``threads`` intra-op threads (1: a server's batches of small items
     gain nothing from more, and the HTTP side needs the other cores)."""
 

@@ -20,7 +20,7 @@ from eir_core.bundle import Bundle, load_bundle
 from eir_core.device import resolve_device
 from eir_core.errors import BundleError
 from eir_core.graph import trace_for_inference
-from eir_core.inference import ArrayBatch, Item, ItemModel
+from eir_core.inference import ArrayBatch, BatchRunner, Item
 from eir_core.model.meta import MetaModel
 
 __all__ = ["GRAPHS", "Item", "Predictor"]
@@ -29,7 +29,7 @@ GRAPHS = ("eager", "torchscript", "auto")
 log = logging.getLogger("eir_core.predict")
 
 
-class Predictor(ItemModel):
+class Predictor(BatchRunner):
     """``graph``: how the forward pass runs. "eager" is the module itself; "torchscript" traces
     and freezes it (``eir_core.graph``; checked against eager, which stays in use if the check
     fails); "auto" is "torchscript" on the CPU and "eager" elsewhere. ``self.graph`` says which
