@@ -291,6 +291,8 @@ def main() -> None:
         help="validate (and checkpoint/sample) every N iterations in both systems (0: the tutorial's 1000)",
     )
     a = ap.parse_args()
+    if a.repeats < 1:
+        ap.error(f"--repeats must be at least 1, got {a.repeats}")
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(Path(tmp) / "data", a.size, a.count)
         extra = []
