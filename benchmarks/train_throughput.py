@@ -32,6 +32,7 @@ Prints a table and writes benchmarks/results/train_throughput.{json,md}.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -75,16 +76,17 @@ def run_measured(
     for r in readers:
         r.start()
     while proc.poll() is None:
-        todo = [proc.pid]
+        todo: list[tuple[int, int | None]] = [(proc.pid, None)]
         while todo:
-            pid = todo.pop()
-            todo += children(pid)
+            pid, parent = todo.pop()
+            todo += [(c, pid) for c in children(pid)]
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
                 hwm = re.search(r"VmHWM:\s+(\d+) kB", status)
                 if pid not in seen:
                     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                    seen[pid] = {"cmd": " ".join(a.decode(errors="replace") for a in argv[:6]).strip(), "mb": 0.0}
+                    cmd_line = " ".join(a.decode(errors="replace") for a in argv[:6]).strip()
+                    seen[pid] = {"cmd": cmd_line, "mb": 0.0, "parent": parent}
                 if hwm:
                     seen[pid]["mb"] = max(seen[pid]["mb"], round(int(hwm.group(1)) / 1024, 1))
             except OSError:
@@ -135,7 +137,12 @@ def run_eirtrain(data: Path, run: Path, epochs: int, nproc: int = 1, extra: list
     iters, loop_s = int(done.group(1)), float(done.group(2))
     valid = read_history(run / "validation_average_history.log")
     last = max(valid)
-    workers = [p["mb"] for p in procs.values() if "eir_core.cli.train" in p["cmd"]]
+
+    def trainer(p: dict[str, Any] | None) -> bool:
+        return p is not None and "eir_core.cli.train" in p["cmd"]
+
+    # A trainer's forked read-ahead child has its command line: it is no worker of its own.
+    workers = [p["mb"] for p in procs.values() if trainer(p) and not trainer(procs.get(p["parent"]))]
     launchers = [p["mb"] for p in procs.values() if "torch.distributed.run" in p["cmd"]]
     renderers = [p["mb"] for p in procs.values() if "eir_core.train.render" in p["cmd"]]
     batch = 64
@@ -293,6 +300,10 @@ def main() -> None:
     a = ap.parse_args()
     if a.repeats < 1:
         ap.error(f"--repeats must be at least 1, got {a.repeats}")
+    # Our modules byte-compiled, as after an install or a first run (EIR's were compiled by pip);
+    # PYTHONDONTWRITEBYTECODE in the environment would make every eirtrain run compile eir_core.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    compileall.compile_dir(ROOT / "packages" / "core" / "src", quiet=1)
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(Path(tmp) / "data", a.size, a.count)
         extra = []
@@ -374,7 +385,8 @@ def main() -> None:
         f"Command: `{result['command']}` at commit {result['commit']}.",
         "",
         f"Workload: tutorial run 1, {a.size}x{a.size}, {a.count} images, {a.epochs} epochs, batch 64"
-        + (f", validation every {a.eval_interval} iterations." if a.eval_interval else "."),
+        + (f", validation every {a.eval_interval} iterations." if a.eval_interval else ".")
+        + " Both systems run from byte-compiled modules (eir_core compiled before the rounds).",
         "",
         *(
             [

@@ -170,6 +170,33 @@ def test_cli_errors_exit_2_without_traceback(
     assert "fusion_modules.computed.fusion_modules.fusion.1.0" in capsys.readouterr().err
 
 
+def test_config_mistake_reported_before_pytorch_loads(tmp_path: Path, digits_dir: Path) -> None:
+    """A fresh eirtrain checks its configs before the ~1.5 s import of PyTorch, and starts neither
+    the renderer nor the read-ahead child for a run that cannot start."""
+    import subprocess
+    import sys
+
+    args = tutorial_configs(tmp_path, digits_dir, tmp_path / "run", conditional=False)
+    probe = (
+        "import sys\n"
+        "from eir_core.cli.train import main\n"
+        "from eir_core.data import read_ahead\n"
+        "from eir_core.train import render\n"
+        "code = main(sys.argv[1:])\n"
+        "assert 'torch' not in sys.modules, 'PyTorch was imported'\n"
+        "assert render._prestarted is None and read_ahead._pending is None\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *args, "--globals.basic_experiment.n_epochs=zero"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("eirtrain: error:") and "n_epochs" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_configs_are_frozen_and_variants_are_copies(tmp_path: Path, digits_dir: Path) -> None:
     from pydantic import ValidationError
 

@@ -110,3 +110,37 @@ def test_tabular_vocabulary_null_and_errors(tmp_path: Path) -> None:
     csv.write_text("NAME,CLASS\na,1\n")
     with pytest.raises(DataError, match="no 'ID' column"):
         read_table(csv, ["CLASS"], [])
+
+
+def test_ids_without_any_input_dropped_and_partial_ones_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The output's IDs are the universe; one with no input is dropped, ones with only some
+    inputs stay (imputed) and are counted."""
+    from eir_core.cli.train import build_parser
+    from eir_core.config.load import build_experiment_config
+    from eir_core.data.dataset import build_run_data
+    from tests.helpers import tutorial_configs
+
+    rng = np.random.default_rng(0)
+    for folder, ids in (("out", range(8)), ("img", [0, 1, 2, 3, 4, 9])):  # s9: inputs, no output
+        (tmp_path / folder).mkdir()
+        for i in ids:
+            np.save(tmp_path / folder / f"s{i}.npy", rng.integers(0, 255, (4, 4)).astype(np.uint8))
+    (tmp_path / "labels.csv").write_text("ID,CLASS\n" + "".join(f"s{i},{i % 3}\n" for i in (2, 3, 4, 5, 6, 9)))
+    (tmp_path / "cfg").mkdir()
+    args, extra = build_parser().parse_known_args(
+        [
+            *tutorial_configs(tmp_path / "cfg", tmp_path, tmp_path / "run", conditional=True),
+            f"--input_mnist_array.input_info.input_source={tmp_path / 'img'}",
+            f"--input_mnist_label.input_info.input_source={tmp_path / 'labels.csv'}",
+            f"--output.output_info.output_source={tmp_path / 'out'}",
+            "--globals.basic_experiment.valid_size=2",
+        ]
+    )
+    cfg = build_experiment_config(args.global_configs, args.input_configs, args.output_configs, [], extra)
+    with caplog.at_level("WARNING", logger="eir_core.data.dataset"):
+        data = build_run_data(cfg, seed=0)
+    assert data.ids == [f"s{i}" for i in range(7)]  # s7 has neither an image nor a label; s9 no output
+    assert "1 of 8 output IDs have no input at all and were dropped" in caplog.text
+    assert "4 IDs lack some inputs; those inputs are imputed" in caplog.text  # s0, s1 (label) and s5, s6 (image)

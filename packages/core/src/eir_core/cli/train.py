@@ -59,9 +59,26 @@ def setup_logging(run_dir: Path | None, level: str = "info", rank: int | None = 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    from eir_core.train import render  # numpy only: no PyTorch yet
+    from eir_core.config.load import build_experiment_config  # no PyTorch yet (see below)
+    from eir_core.data import read_ahead
+    from eir_core.train import render
 
-    if os.environ.get("RANK", "0") == "0":  # torchrun's rank 0, or a single process
+    main_rank = os.environ.get("RANK", "0") in ("", "0")  # torchrun's rank 0, or a single process
+    try:
+        # Before PyTorch's ~1.5 s import: a mistake in the configs is reported at once, and the
+        # array files are read by a forked child during that import.
+        cfg = build_experiment_config(
+            args.global_configs, args.input_configs, args.output_configs, args.fusion_configs, extra
+        )
+    except EirError as e:
+        if main_rank:  # every rank read the same configs; rank 0 prints the one message
+            print(f"eirtrain: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("eirtrain: aborted", file=sys.stderr)
+        return 130
+    read_ahead.start_for(cfg)
+    if main_rank:
         render.prestart()  # its imports run beside PyTorch's, next
     from eir_core.train.distributed import Dist, PeerFailed, is_peer_failure
 
@@ -73,11 +90,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         dist = Dist.from_env()
         prog = f"eirtrain[rank {dist.rank}]" if dist.enabled else prog
-        from eir_core.config.load import build_experiment_config
-
-        cfg = build_experiment_config(
-            args.global_configs, args.input_configs, args.output_configs, args.fusion_configs, extra
-        )
         from eir_core.train.trainer import Trainer, TrainOptions, run_seed
 
         g = cfg.global_config
@@ -113,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         render.discard_prestarted()  # only if no trainer took it over
+        read_ahead.discard()
         dist.close(synchronize=together)
 
 

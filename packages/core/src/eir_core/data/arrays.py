@@ -94,12 +94,20 @@ class ArraySource:
     def index_of(self) -> dict[str, int]:
         return {sid: i for i, sid in enumerate(self.ids)}
 
-    def read(self, indices: np.ndarray | list[int] | None = None) -> np.ndarray:
-        """Arrays at ``indices`` (all if None) as one ``(N, C, H, W)`` array of the file dtype."""
+    def nbytes(self, n: int | None = None) -> int:
+        """Bytes of ``n`` arrays (all if None) as :meth:`read` returns them."""
+        return (len(self.paths) if n is None else n) * math.prod(self.shape) * self.dtype.itemsize
+
+    def read(self, indices: np.ndarray | list[int] | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """Arrays at ``indices`` (all if None) as one ``(N, C, H, W)`` array of the file dtype,
+        written into ``out`` when given (a buffer of that shape and dtype)."""
         if self.cache is not None:
             return self.cache if indices is None else self.cache[np.asarray(indices, dtype=np.int64)]
         idx = range(len(self.paths)) if indices is None else indices
-        out = np.empty((len(idx), *self.shape), dtype=self.dtype)
+        if out is None:
+            out = np.empty((len(idx), *self.shape), dtype=self.dtype)
+        elif out.shape != (len(idx), *self.shape) or out.dtype != self.dtype:
+            raise ValueError(f"out is {out.shape} {out.dtype}, not {(len(idx), *self.shape)} {self.dtype}")
         flat = out.reshape(len(idx), -1)
         first_head, _, _, fortran = _read_header(Path(self.paths[0]))
         nbytes = int(np.prod(self.shape)) * self.dtype.itemsize

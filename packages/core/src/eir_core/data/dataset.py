@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from eir_core.config.schema import ArrayInputConfig, ExperimentConfig, TabularInputConfig
+from eir_core.data import read_ahead
 from eir_core.data.arrays import ArraySource, open_array_source
 from eir_core.data.normalization import NormStats, compute_stats
 from eir_core.data.tabular import TabularEncoding, fit_encoding, read_table
@@ -91,11 +92,10 @@ class ArrayColumn:
         every = have.size == len(idx)  # then row k of ``have`` is row k of ``out``
         for s in range(0, have.size, LOAD_CHUNK):
             part = have[s : s + LOAD_CHUNK]
-            raw = self.source.read(rows[part])
-            values = self.stats.normalize(torch.from_numpy(raw.astype(np.float32)))
-            if every:
-                out[s : s + len(part)] = values
-            else:
+            raw = torch.from_numpy(self.source.read(rows[part]))
+            values = out[s : s + len(part)] if every else torch.empty(raw.shape, dtype=torch.float32)
+            self.stats.normalize_into(raw, values)
+            if not every:
                 out[torch.from_numpy(part)] = values
         return out
 
@@ -194,8 +194,13 @@ def build_run_data(cfg: ExperimentConfig, seed: int, fitted: dict[str, object] |
     sources: dict[str, ArraySource] = {}
 
     def source(path: str, where: str) -> ArraySource:
-        key = str(Path(path).resolve())
+        key = read_ahead.source_key(path)
         if key not in sources:
+            ahead = read_ahead.take(key) if ge.memory_dataset else None  # read while PyTorch loaded
+            if ahead is not None:
+                log.debug("%s: %d arrays read while PyTorch loaded", path, len(ahead.ids))
+                sources[key] = ahead
+                return ahead
             with _naming(where, path):
                 sources[key] = open_array_source(Path(path))
             if ge.memory_dataset:
@@ -220,14 +225,16 @@ def build_run_data(cfg: ExperimentConfig, seed: int, fitted: dict[str, object] |
             input_ids[ic.name] = set(tables[ic.name].ids)
         else:
             input_ids[ic.name] = set(source(ic.input_info.input_source, _where(ic.name)).ids)
-    with_any = [i for i in universe if any(i in s for s in input_ids.values())]
+    anywhere = set().union(*input_ids.values())
+    with_any = universe if anywhere.issuperset(universe) else [i for i in universe if i in anywhere]
     dropped = len(universe) - len(with_any)
     if not with_any:
         raise DataError(
             "the inputs and outputs share no sample ID: IDs come from the output sources "
             f"({', '.join(out_sources)}) and are matched to input files by name/ID column"
         )
-    n_partial = sum(1 for i in with_any if not all(i in s for s in input_ids.values()))
+    everywhere = set.intersection(*input_ids.values()) if input_ids else set()
+    n_partial = len(with_any) - len(everywhere.intersection(with_any))
     if dropped:
         log.warning("%d of %d output IDs have no input at all and were dropped", dropped, len(universe))
     if n_partial:

@@ -36,6 +36,18 @@ class NormStats:
         x = torch.where(torch.isnan(x), mean.expand_as(x), x)
         return (x - mean) / (std + EPS)
 
+    def normalize_into(self, raw: torch.Tensor, out: torch.Tensor) -> None:
+        """``out[...] = normalize(raw)`` for raw arrays of any numeric dtype and a float32 ``out``
+        of their shape, without temporaries of the batch's size; the same float32 arithmetic,
+        and the NaN check only where a NaN can be (float data)."""
+        import torch
+
+        mean = torch.as_tensor(self.mean, device=out.device)
+        out.copy_(raw)
+        if raw.is_floating_point():
+            torch.where(torch.isnan(out), mean, out, out=out)
+        out.sub_(mean).div_(torch.as_tensor(self.std, device=out.device) + EPS)
+
     def denormalize(self, y: torch.Tensor) -> torch.Tensor:
         import torch
 
