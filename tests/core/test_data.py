@@ -71,6 +71,13 @@ def test_normalization_round_trip(kind: str | None) -> None:
     if kind == "element":
         assert stats.mean.shape == (2, 3, 4)
     torch.testing.assert_close(stats.denormalize(z), t, rtol=1e-5, atol=1e-3)
+    # A missing value (NaN) is imputed with the mean, so it normalizes to exactly 0.
+    x_nan = x.copy()
+    x_nan[0, 1, 2, 3] = np.nan
+    z_nan = stats.normalize(torch.from_numpy(x_nan))
+    assert float(z_nan[0, 1, 2, 3]) == 0.0
+    z_nan[0, 1, 2, 3] = z[0, 1, 2, 3]
+    torch.testing.assert_close(z_nan, z, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])

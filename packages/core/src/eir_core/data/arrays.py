@@ -110,8 +110,7 @@ class ArraySource:
             raise ValueError(f"out is {out.shape} {out.dtype}, not {(len(idx), *self.shape)} {self.dtype}")
         flat = out.reshape(len(idx), -1)
         first_head, _, _, fortran = _read_header(Path(self.paths[0]))
-        nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
-        size = len(first_head) + nbytes
+        size = len(first_head) + self.nbytes(1)
 
         def read_rows(rows: range) -> None:
             for row in rows:

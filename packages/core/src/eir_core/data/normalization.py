@@ -29,17 +29,18 @@ class NormStats:
         return cls(None, np.zeros((shape[0], 1, 1), np.float32), np.ones((shape[0], 1, 1), np.float32))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / (std + EPS)``, NaNs taken as the mean; float32 (or x's wider float)."""
         import torch
 
-        mean = torch.as_tensor(self.mean, device=x.device)
-        std = torch.as_tensor(self.std, device=x.device)
-        x = torch.where(torch.isnan(x), mean.expand_as(x), x)
-        return (x - mean) / (std + EPS)
+        wide = x.is_floating_point() and torch.promote_types(x.dtype, torch.float32) != torch.float32
+        out = torch.empty(x.shape, dtype=x.dtype if wide else torch.float32, device=x.device)
+        self.normalize_into(x, out)
+        return out
 
     def normalize_into(self, raw: torch.Tensor, out: torch.Tensor) -> None:
-        """``out[...] = normalize(raw)`` for raw arrays of any numeric dtype and a float32 ``out``
-        of their shape, without temporaries of the batch's size; the same float32 arithmetic,
-        and the NaN check only where a NaN can be (float data)."""
+        """``out[...] = normalize(raw)`` for raw arrays of any numeric dtype and a float ``out`` of
+        their shape, without temporaries of the batch's size; the NaN check only where a NaN can
+        be (float data)."""
         import torch
 
         mean = torch.as_tensor(self.mean, device=out.device)

@@ -62,7 +62,6 @@ class ReadAhead:
     pid: int
     report: int  # read end of the pipe: one line, "ok <index offset> <index length>"
     memory: int  # the memfd holding the arrays and, at the end, a JSON index of them
-    keys: frozenset[str]
     _taken: dict[str, ArraySource] | None = None
 
     def take(self, key: str) -> ArraySource | None:
@@ -154,7 +153,7 @@ def fork_reader(wanted: dict[str, Path]) -> ReadAhead:
         finally:
             os._exit(code)
     os.close(report_w)
-    return ReadAhead(pid, report, memory, frozenset(wanted))
+    return ReadAhead(pid, report, memory)
 
 
 def _read_into(memory: int, report: int, wanted: dict[str, Path]) -> None:

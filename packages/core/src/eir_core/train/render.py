@@ -223,8 +223,9 @@ def serve(stream: IO[str]) -> None:
     cores = os.cpu_count() or 1
     lanes = 2 if cores >= 2 else 1
     first_lane = threading.get_native_id()  # this thread, the lane that draws while training runs
+    lane_threads = max(1, cores // lanes)  # OpenMP threads of each lane once training is over
 
-    def work(finishing_threads: int) -> None:
+    def work() -> None:
         """One drawing lane: take queued jobs until the stream has ended and none is left."""
         me = threading.get_native_id()
         normal = False
@@ -243,7 +244,7 @@ def serve(stream: IO[str]) -> None:
                 stale = job["kind"] == "curve" and any(j.get("path") == job["path"] for j in pending)
             if finishing and not normal:
                 _leave_idle(me)
-                _use_threads(finishing_threads)
+                _use_threads(lane_threads)
                 normal = True
             if stale:
                 continue
@@ -270,11 +271,11 @@ def serve(stream: IO[str]) -> None:
                 cond.notify_all()
             _leave_idle(first_lane)  # it may be in the middle of a job
         if lanes > 1:
-            work(max(1, cores // lanes))
+            work()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    work(max(1, cores // lanes))
+    work()
     reader.join()  # its lane's last job, drawn and written
 
 
