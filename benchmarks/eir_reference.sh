@@ -6,15 +6,18 @@
 #   eir_reference.sh data SIZE [COUNT] [flat]
 #                                     our `eir-data digits` in the tutorial layout -> DIR/data/dSIZE_COUNT
 #                                     (flat: 1-D arrays of SIZE*SIZE values); prints the folder
-#   eir_reference.sh configs DATA OUT a|b [CUTOFF]
-#                                     the tutorial YAMLs (examples/tutorial) with DATA as their source
-#                                     written to OUT; a = run 1 (image -> image), b = run 2 (+ label);
-#                                     CUTOFF adds `cutoff: CUTOFF` to the output model
-#   eir_reference.sh train NAME DATA a|b [CUTOFF] [-- eirtrain overrides...]
+#   eir_reference.sh configs DATA OUT KIND [CUTOFF]
+#                                     the example YAMLs with DATA as their source written to OUT. KIND:
+#                                     a = tutorial run 1 (image -> image), b = tutorial run 2 (+ label),
+#                                     d = examples/diffusion (cnn image + label -> diffusion), u = the same
+#                                     without the label, m = tutorial input -> diffusion's cnn output,
+#                                     c = diffusion's cnn input -> tutorial output;
+#                                     CUTOFF adds `cutoff: CUTOFF` to the output model (a, b)
+#   eir_reference.sh train NAME DATA KIND [CUTOFF] [-- eirtrain overrides...]
 #                                     EIR's eirtrain on those configs -> DIR/runs/NAME (log: NAME.log)
 #   eir_reference.sh model NAME       EIR's printed model of a run (model_architecture/model_info.txt)
 #   eir_reference.sh version          the installed eir-dl version
-#   eir_reference.sh structure DATA a|b [CUTOFF] [-- eirtrain overrides...]
+#   eir_reference.sh structure DATA KIND [CUTOFF] [-- eirtrain overrides...]
 #                                     EIR builds the model for those configs without training and
 #                                     prints its structure as JSON (benchmarks/eir_structure.py)
 #
@@ -25,7 +28,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 dir=${EIR_REFERENCE_DIR:-$HOME/.cache/eir-reference}
 venv=$dir/venv
-usage() { sed -n 2,23p "$0" >&2; exit 2; }
+usage() { sed -n 2,27p "$0" >&2; exit 2; }
 
 eir_data() {
   if [ -n "${EIR_DATA:-}" ]; then echo "$EIR_DATA"
@@ -42,24 +45,27 @@ write_configs() {  # DATA OUT KIND [CUTOFF]
   local data=$1 out=$2 kind=$3 cutoff=${4:-}
   [ -d "$data/mnist_npy" ] || { echo "$data has no mnist_npy/ folder: make it with '$0 data SIZE'" >&2; exit 1; }
   mkdir -p "$out"
-  local f
-  for f in globals.yaml input_mnist_array.yaml input_mnist_array_with_label.yaml input_mnist_label.yaml \
-           output.yaml output_with_label.yaml; do
-    sed -e "s#data/digits28/mnist_npy#$data/mnist_npy#" -e "s#data/digits28/mnist_labels.csv#$data/mnist_labels.csv#" \
-      "$root/examples/tutorial/$f" > "$out/$f"
+  local t=tutorial d=diffusion g ins outs f
+  case "$kind" in  # globals (always a globals.yaml), inputs, outputs: example folder/file stem
+    a) g=$t/globals ins="$t/input_mnist_array" outs=$t/output ;;
+    b) g=$t/globals ins="$t/input_mnist_array_with_label $t/input_mnist_label" outs=$t/output_with_label ;;
+    d) g=$d/globals ins="$d/input_mnist_array $d/input_mnist_label" outs=$d/output ;;
+    u) g=$d/globals ins="$d/input_mnist_array" outs=$d/output ;;
+    m) g=$t/globals ins="$t/input_mnist_array" outs=$d/output ;;
+    c) g=$d/globals ins="$d/input_mnist_array" outs=$t/output ;;
+    *) echo "kind must be a, b, d, u, m or c, not '$kind'" >&2; exit 2 ;;
+  esac
+  for f in $g $ins $outs; do
+    sed -e "s#data/digits[0-9]*/mnist_npy#$data/mnist_npy#" -e "s#data/digits[0-9]*/mnist_labels.csv#$data/mnist_labels.csv#" \
+      "$root/examples/$f.yaml" > "$out/$(basename "$f").yaml"
   done
   if [ -n "$cutoff" ]; then
-    for f in output.yaml output_with_label.yaml; do
-      sed -i "s/^    channel_exp_base: 4\$/    channel_exp_base: 4\n    cutoff: $cutoff/" "$out/$f"
-      grep -q "cutoff: $cutoff" "$out/$f" || { echo "could not add cutoff to $out/$f" >&2; exit 1; }
-    done
+    f=$out/$(basename "$outs").yaml
+    sed -i "s/^    channel_exp_base: 4\$/    channel_exp_base: 4\n    cutoff: $cutoff/" "$f"
+    grep -q "cutoff: $cutoff" "$f" || { echo "could not add cutoff to $f" >&2; exit 1; }
   fi
-  case "$kind" in
-    a) echo "--input_configs $out/input_mnist_array.yaml --output_configs $out/output.yaml" > "$out/args" ;;
-    b) echo "--input_configs $out/input_mnist_array_with_label.yaml $out/input_mnist_label.yaml" \
-            "--output_configs $out/output_with_label.yaml" > "$out/args" ;;
-    *) echo "kind must be a (run 1) or b (run 2), not '$kind'" >&2; exit 2 ;;
-  esac
+  echo "--input_configs" $(for f in $ins; do echo "$out/$(basename "$f").yaml"; done) \
+       "--output_configs $out/$(basename "$outs").yaml" > "$out/args"
 }
 
 case "${1:-}" in

@@ -7,7 +7,7 @@
 
 Only ``describe`` is used by the tests, and it needs nothing but torch: the description is
 taken from the modules' parameter shapes and a few attributes both implementations share
-(LCL: in/out features, kernel, chunks, sets).
+(LCL: in/out features, kernel, chunks, sets; CNN blocks: heights, widths, heads, contexts).
 """
 
 from __future__ import annotations
@@ -41,10 +41,54 @@ def _layer(module: nn.Module) -> dict[str, Any] | None:
         return {"kind": "StochasticDepth", "p": float(module.p)}  # type: ignore[arg-type]
     if kind == "LayerScale":
         (param,) = module.parameters(recurse=False)
-        return {"kind": "LayerScale", "dim": param.numel(), "init": float(module.__dict__["init_values"])}
-    if kind == "PositionalEmbedding":
+        entry = {"kind": "LayerScale", "dim": param.numel(), "init": float(module.__dict__["init_values"])}
+        return entry if param.dim() == 1 else {**entry, "shape": list(param.shape)}  # CNN blocks: (1, C, 1, 1)
+    if kind in ("PositionalEmbedding", "GeneralPositionalEmbedding"):
         (param,) = module.parameters(recurse=False)
-        return {"kind": "PositionalEmbedding", "shape": list(param.shape)}
+        return {"kind": kind, "shape": list(param.shape)}
+    return _cnn_layer(module, kind)
+
+
+_CNN_BLOCK_ATTRS = {  # shape-bearing attributes of blocks whose children do not show them all
+    "ConvAttentionBlock": ("embedding_dim", "num_heads", "in_height", "in_width"),
+    "CrossAttention": ("heads", "dim_head"),
+    "CrossAttentionArrayOutBlock": ("context_channels", "context_height", "context_width"),
+    "TimeStepMixingBlock": ("input_height", "input_width"),
+    "GRN": ("in_channels",),
+}
+
+
+def _cnn_layer(module: nn.Module, kind: str) -> dict[str, Any] | None:
+    """The layers of EIR's CNN input and output models (convolutions, norms, pooling, blocks)."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        entry: dict[str, Any] = {
+            "kind": kind,
+            "in": module.in_channels,
+            "out": module.out_channels,
+            "kernel": list(module.kernel_size),
+            "stride": list(module.stride),
+            "padding": list(module.padding) if isinstance(module.padding, tuple) else module.padding,
+            "dilation": list(module.dilation),
+            "groups": module.groups,
+            "bias": module.bias is not None,
+        }
+        if module.transposed:
+            entry["output_padding"] = list(module.output_padding)
+        return entry
+    if isinstance(module, nn.GroupNorm):
+        return {"kind": "GroupNorm", "groups": module.num_groups, "channels": module.num_channels}
+    if isinstance(module, nn.Dropout2d):
+        return {"kind": "Dropout2d", "p": module.p}
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        size = module.output_size
+        return {"kind": "AdaptiveAvgPool2d", "size": list(size) if isinstance(size, tuple) else size}
+    if isinstance(module, nn.Upsample):
+        scale = module.scale_factor
+        return {"kind": "Upsample", "scale": list(scale) if isinstance(scale, tuple) else scale, "mode": module.mode}
+    if isinstance(module, nn.Unflatten):
+        return {"kind": "Unflatten", "dim": module.dim, "sizes": list(module.unflattened_size)}
+    if kind in _CNN_BLOCK_ATTRS:
+        return {"kind": kind, **{a: int(getattr(module, a)) for a in _CNN_BLOCK_ATTRS[kind]}}
     return None
 
 

@@ -65,9 +65,9 @@ def test_valid_eir_option_not_built_here_says_so(tmp_path: Path, digits_dir: Pat
     f = _files(tmp_path, digits_dir)
     with pytest.raises(ConfigError, match=r"supported by EIR, not implemented here: globals: model.compile_model=True"):
         build_experiment_config([f["g"]], [f["a"]], [f["o"]], override_tokens=["--globals.model.compile_model=True"])
-    with pytest.raises(ConfigError, match="not implemented here: model_type=cnn"):
+    with pytest.raises(ConfigError, match="not implemented here: model_type=transformer"):
         build_experiment_config(
-            [f["g"]], [f["a"]], [f["o"]], override_tokens=["--input_mnist_array.model_config.model_type=cnn"]
+            [f["g"]], [f["a"]], [f["o"]], override_tokens=["--input_mnist_array.model_config.model_type=transformer"]
         )
     raw = read_yaml(f["a"])
     raw["input_info"]["input_type"] = "omics"

@@ -20,6 +20,13 @@ from pydantic import (
     model_validator,
 )
 
+from eir_core.config.array_models import ArrayModelConfig as ArrayModelConfig
+from eir_core.config.array_models import ArrayOutputModelConfig as ArrayOutputModelConfig
+from eir_core.config.array_models import CNNModelInitConfig as CNNModelInitConfig
+from eir_core.config.array_models import CNNUpscaleModelInitConfig as CNNUpscaleModelInitConfig
+from eir_core.config.array_models import LCLModelInitConfig as LCLModelInitConfig
+from eir_core.config.array_models import OutputLCLModelInitConfig as OutputLCLModelInitConfig
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -153,51 +160,7 @@ class GlobalConfig(Strict):
 
 # ----------------------------------------------------------------------------- models
 
-
-class LCLModelInitConfig(Strict):
-    patch_size: list[int] | None = None
-    layers: list[int] | None = None
-    kernel_width: int | Literal["patch"] = 12
-    first_kernel_expansion: int = -2
-    channel_exp_base: int = Field(2, ge=0, le=10)
-    first_channel_expansion: int = 1  # negative: divide (EIR); the model refuses 0 sets
-    num_lcl_chunks: int | None = None
-    rb_do: float = Field(0.10, ge=0, lt=1)
-    stochastic_depth_p: float = Field(0.0, ge=0, lt=1)
-    l1: float = Field(0.0, ge=0)
-    cutoff: int | Literal["auto"] = 1024
-    direction: Literal["down", "up"] = "down"
-    attention_inclusion_cutoff: int | None = None
-
-    @field_validator("kernel_width")
-    @classmethod
-    def _positive_kernel(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("kernel_width must be >= 1")
-        return v
-
-
-class OutputLCLModelInitConfig(LCLModelInitConfig):
-    # For an output head "auto" means: the output's element count (see model/meta.py).
-    cutoff: int | Literal["auto"] = "auto"
-
-
-def _only_lcl(data: Any, allowed: tuple[str, ...]) -> Any:
-    kind = data.get("model_type", "lcl") if isinstance(data, dict) else "lcl"
-    if kind in allowed and kind != "lcl":
-        raise ValueError(f"supported by EIR, not implemented here: model_type={kind}")
-    return data
-
-
-class ArrayModelConfig(Strict):
-    model_type: Literal["lcl", "cnn", "transformer"] = "lcl"
-    model_init_config: LCLModelInitConfig = LCLModelInitConfig()
-    pre_normalization: Literal["instancenorm", "layernorm"] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _lcl_only(cls, data: Any) -> Any:
-        return _only_lcl(data, ("cnn", "transformer"))
+# The array model sections (LCL and CNN init configs, chosen by model_type): array_models.py.
 
 
 class TabularModelInitConfig(Strict):
@@ -301,17 +264,6 @@ class ArrayOutputTypeInfo(Strict):
     loss: Literal["mse", "diffusion"] = "mse"
     diffusion_time_steps: int | None = 500
     diffusion_beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"] = "linear"
-
-
-class ArrayOutputModelConfig(Strict):
-    model_type: Literal["lcl", "cnn"] = "lcl"
-    model_init_config: OutputLCLModelInitConfig = OutputLCLModelInitConfig()
-    pre_normalization: Literal["instancenorm", "layernorm"] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _lcl_only(cls, data: Any) -> Any:
-        return _only_lcl(data, ("cnn",))
 
 
 class ArrayOutputSamplingConfig(Strict):

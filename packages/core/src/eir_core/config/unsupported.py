@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from eir_core.config.schema import OPTIMIZERS_HERE, ArrayInputConfig, ExperimentConfig
+from eir_core.config.schema import OPTIMIZERS_HERE, ArrayInputConfig, CNNModelInitConfig, ExperimentConfig
 
 
 def _set_options(model: BaseModel, prefix: str) -> list[tuple[str, Any]]:
@@ -65,8 +65,10 @@ def unsupported_options(cfg: ExperimentConfig) -> list[str]:
         where = f"input {ic.name!r}"
         if isinstance(ic, ArrayInputConfig):
             mc = ic.model_config_
-            if mc.model_type != "lcl":
+            if mc.model_type == "transformer":  # refused by the schema already; kept for model_copy'd configs
                 found.append(f"{where}: model_config.model_type={mc.model_type!r}")
+            if isinstance(mc.model_init_config, CNNModelInitConfig) and mc.model_init_config.l1:
+                found.append(f"{where}: model_config.model_init_config.l1={mc.model_init_config.l1!r}")
             if mc.pre_normalization is not None:
                 found.append(f"{where}: model_config.pre_normalization={mc.pre_normalization!r}")
             if ic.input_type_info.mixing_subtype != "mixup":
@@ -80,8 +82,6 @@ def unsupported_options(cfg: ExperimentConfig) -> list[str]:
             found.append(f"{where}: output_info.output_type={oc.output_info.output_type!r}")
         if oc.output_type_info.loss != "mse":
             found.append(f"{where}: output_type_info.loss={oc.output_type_info.loss!r}")
-        if oc.model_config_.model_type != "lcl":
-            found.append(f"{where}: model_config.model_type={oc.model_config_.model_type!r}")
         if oc.model_config_.pre_normalization is not None:
             found.append(f"{where}: model_config.pre_normalization")
         if oc.tensor_broker_config is not None:

@@ -7,10 +7,33 @@ from pathlib import Path
 
 import yaml
 
-from eir_core.config.schema import ArrayInputConfig, ExperimentConfig
+from eir_core.config.schema import (
+    ArrayInputConfig,
+    CNNModelInitConfig,
+    CNNUpscaleModelInitConfig,
+    ExperimentConfig,
+    OutputConfig,
+)
 from eir_core.data.dataset import ArrayColumn, RunData, TabularColumn
 from eir_core.manifest import ArrayInput, ArrayOutput, InputEntry, Manifest, TabularInput, TrainingSummary
 from eir_core.model.meta import InputSpec, ModelSpec, OutputSpec
+
+
+def array_input_spec(ic: ArrayInputConfig, shape: tuple[int, int, int]) -> InputSpec:
+    init = ic.model_config_.model_init_config
+    if isinstance(init, CNNModelInitConfig):
+        return InputSpec(name=ic.name, type="array", shape=shape, model_type="cnn", cnn=init)
+    return InputSpec(name=ic.name, type="array", shape=shape, lcl=init)
+
+
+def output_spec(oc: OutputConfig, shape: tuple[int, int, int]) -> OutputSpec:
+    """An output's spec; ``diffusion_time_steps`` is set for ``loss: diffusion`` only."""
+    init = oc.model_config_.model_init_config
+    ti = oc.output_type_info
+    steps = ti.diffusion_time_steps if ti.loss == "diffusion" else None
+    if isinstance(init, CNNUpscaleModelInitConfig):
+        return OutputSpec(name=oc.name, shape=shape, model_type="cnn", cnn=init, diffusion_time_steps=steps)
+    return OutputSpec(name=oc.name, shape=shape, lcl=init, diffusion_time_steps=steps)
 
 
 def build_model_spec(cfg: ExperimentConfig, data: RunData) -> ModelSpec:
@@ -19,9 +42,7 @@ def build_model_spec(cfg: ExperimentConfig, data: RunData) -> ModelSpec:
         col = data.inputs[ic.name]
         if isinstance(ic, ArrayInputConfig):
             assert isinstance(col, ArrayColumn)
-            inputs.append(
-                InputSpec(name=ic.name, type="array", shape=col.source.shape, lcl=ic.model_config_.model_init_config)
-            )
+            inputs.append(array_input_spec(ic, col.source.shape))
         else:
             assert isinstance(col, TabularColumn)
             enc = col.encoding
@@ -33,10 +54,7 @@ def build_model_spec(cfg: ExperimentConfig, data: RunData) -> ModelSpec:
                     n_con=len(enc.con_columns),
                 )
             )
-    outputs = [
-        OutputSpec(name=oc.name, shape=data.outputs[oc.name].source.shape, lcl=oc.model_config_.model_init_config)
-        for oc in cfg.output_configs
-    ]
+    outputs = [output_spec(oc, data.outputs[oc.name].source.shape) for oc in cfg.output_configs]
     return ModelSpec(inputs=inputs, outputs=outputs, fusion=cfg.fusion_config.model_config_)
 
 
