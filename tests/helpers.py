@@ -89,3 +89,79 @@ def tutorial_configs(folder: Path, data: Path, run: Path, conditional: bool, **g
         }
     args += ["--output_configs", str(write_yaml(folder / "output.yaml", out)), "--no-pbar"]
     return args
+
+
+def diffusion_configs(
+    folder: Path,
+    data: Path,
+    run: Path,
+    label_dropout: float = 0.2,
+    sampling: dict[str, Any] | None = None,
+    epochs: int = 2,
+) -> list[str]:
+    """CLI arguments for a tiny label-conditioned diffusion run on the 8x8 digits (the shape of
+    examples/diffusion, with few channels, time steps and sampling steps)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    g = {
+        "basic_experiment": {
+            "batch_size": 64,
+            "memory_dataset": True,
+            "n_epochs": epochs,
+            "output_folder": str(run),
+            "valid_size": 200,
+        },
+        "evaluation_checkpoint": {"checkpoint_interval": 20, "sample_interval": 20, "n_saved_models": 1},
+        "optimization": {"lr": 0.002, "optimizer": "adamw"},
+    }
+    image = {
+        "input_info": {"input_source": str(data / "mnist_npy"), "input_name": "mnist", "input_type": "array"},
+        "input_type_info": {"normalization": "channel"},
+        "model_config": {
+            "model_type": "cnn",
+            "model_init_config": {
+                "channel_exp_base": 3,
+                "kernel_width": 3,
+                "kernel_height": 3,
+                "down_stride_width": 1,
+                "down_stride_height": 1,
+                "first_stride_expansion_width": 1,
+                "first_stride_expansion_height": 1,
+                "allow_first_conv_size_reduction": False,
+                "down_sample_every_n_blocks": 2,
+                "layers": [1, 1],
+            },
+        },
+    }
+    label = {
+        "input_info": {
+            "input_source": str(data / "mnist_labels.csv"),
+            "input_name": "mnist_label",
+            "input_type": "tabular",
+        },
+        "input_type_info": {"input_cat_columns": ["CLASS"], "modality_dropout_rate": label_dropout},
+    }
+    out = {
+        "output_info": {"output_source": str(data / "mnist_npy"), "output_name": "mnist", "output_type": "array"},
+        "output_type_info": {"normalization": "channel", "loss": "diffusion", "diffusion_time_steps": 20},
+        "model_config": {
+            "model_type": "cnn",
+            "model_init_config": {"channel_exp_base": 4, "rb_do": 0.0, "stochastic_depth_p": 0.0},
+        },
+        "sampling_config": {
+            "diffusion_inference_steps": 5,
+            "diffusion_sampler": "ddim",
+            "manual_inputs": [{"mnist_label": {"CLASS": "0"}}, {"mnist_label": {"CLASS": "5"}}],
+            "n_eval_inputs": 2,
+            **(sampling or {}),
+        },
+    }
+    return [
+        "--global_configs",
+        str(write_yaml(folder / "globals.yaml", g)),
+        "--input_configs",
+        str(write_yaml(folder / "input_mnist_array.yaml", image)),
+        str(write_yaml(folder / "input_mnist_label.yaml", label)),
+        "--output_configs",
+        str(write_yaml(folder / "output.yaml", out)),
+        "--no-pbar",
+    ]

@@ -60,6 +60,20 @@ class TabularInput(_Model):
 InputEntry = Annotated[ArrayInput | TabularInput, Field(discriminator="type")]
 
 
+class DiffusionInfo(_Model):
+    """How a ``loss: diffusion`` output was trained and is sampled by default (EIR's keys)."""
+
+    time_steps: int
+    beta_schedule: str
+    inference_steps: int
+    sampler: str
+    eta: float
+    guidance_scale: float | None = None  # None: no classifier-free guidance by default
+    # The input with the output's name carries the noised array; these inputs condition it
+    # and were trained with dropout, so an unconditional pass (guidance) is meaningful.
+    guidable_inputs: list[str] = []
+
+
 class ArrayOutput(_Model):
     type: Literal["array"] = "array"
     name: str
@@ -68,6 +82,7 @@ class ArrayOutput(_Model):
     source_dtype: str | None = None  # dtype of the training files
     original_shape: tuple[int, ...] = ()
     normalization: str | None = None
+    diffusion: DiffusionInfo | None = None  # None: one forward pass (MSE)
 
 
 class TrainingSummary(_Model):
@@ -110,8 +125,14 @@ class Manifest(_Model):
 
     @property
     def optional_inputs(self) -> set[str]:
-        """Inputs that may be left out of a request: those trained with modality dropout."""
-        return {e.name for e in self.inputs if e.modality_dropout_rate > 0}
+        """Inputs that may be left out of a request: those trained with modality dropout, and
+        the array a diffusion output denoises (sampling starts from noise in its place)."""
+        return {e.name for e in self.inputs if e.modality_dropout_rate > 0} | set(self.diffusion_outputs)
+
+    @property
+    def diffusion_outputs(self) -> dict[str, DiffusionInfo]:
+        """Output name -> its diffusion settings, for outputs sampled by diffusion."""
+        return {o.name: o.diffusion for o in self.outputs if o.diffusion is not None}
 
     def dummy_item(self) -> dict[str, Any]:
         """An item the model accepts: all-zero arrays and the first offered category of every
@@ -139,10 +160,12 @@ class Manifest(_Model):
                     "continuous_columns": list(e.con_columns),
                 }
             inputs[e.name]["optional"] = e.name in optional
-        outputs = {
+        outputs: dict[str, Any] = {
             o.name: {"type": "array", "shape": list(o.shape), "dtype": o.dtype, "source_dtype": o.source_dtype}
             for o in self.outputs
         }
+        for name, d in self.diffusion_outputs.items():  # the sampler's defaults and bounds
+            outputs[name]["diffusion"] = d.model_dump(mode="json")
         return {
             "inputs": inputs,
             "outputs": outputs,

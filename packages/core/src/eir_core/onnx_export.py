@@ -33,6 +33,7 @@ from eir_core._fs import atomic_write_bytes
 from eir_core.bundle import GRAPH_KEY, Bundle, Graph, GraphInput, GraphMeta, bundle_bytes, load_bundle
 from eir_core.errors import BundleError
 from eir_core.inference import ArrayBatch, ItemModel
+from eir_core.model.spec import timestep_key
 from eir_core.onnx_runtime import flat_arrays
 
 log = logging.getLogger("eir_core.onnx")
@@ -97,6 +98,8 @@ def graph_inputs(items: ItemModel) -> list[GraphInput]:
         else:
             for part in ("cat", "con"):
                 out.append(GraphInput(name=f"in{len(out)}", input=name, part=part))
+    for name in items.manifest.diffusion_outputs:  # the timestep of each diffusion output
+        out.append(GraphInput(name=f"in{len(out)}", input=timestep_key(name)))
     return out
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from eir_core.bundle import ArrayBundle, GraphInput, load_array_bundle
 from eir_core.errors import BundleError
 from eir_core.inference import ArrayBatch, BatchRunner
+from eir_core.model.spec import timestep_key
 
 log = logging.getLogger("eir_core.onnx")
 
@@ -45,8 +46,9 @@ class OnnxPredictor(BatchRunner):
             ) from None
         super().__init__(bundle.manifest, bundle.input_stats, bundle.output_stats)
         meta = bundle.graph.meta
+        fed_from = set(self.inputs) | {timestep_key(n) for n in self.manifest.diffusion_outputs}
         missing = [n for n in self.outputs if n not in meta.outputs] + [
-            g.input for g in meta.inputs if g.input not in self.inputs
+            g.input for g in meta.inputs if g.input not in fed_from
         ]
         if missing:
             raise BundleError(f"{source}: the ONNX graph does not match the manifest ({', '.join(missing)})")

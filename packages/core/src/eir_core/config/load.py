@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from eir_core.config.diffusion_rules import check_diffusion
 from eir_core.config.schema import (
     INPUT_TYPES,
     ExperimentConfig,
@@ -248,6 +249,7 @@ def build_experiment_config(
                 else ""
             )
         )
+    check_diffusion(cfg, {oc.name: str(p) for oc, p in zip(outputs, output_files, strict=True)})
     return cfg
 
 

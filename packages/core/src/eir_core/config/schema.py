@@ -262,16 +262,19 @@ class ArrayOutputTypeInfo(Strict):
     normalization: Literal["element", "channel"] | None = "channel"
     adaptive_normalization_max_samples: int | None = Field(None, ge=1)
     loss: Literal["mse", "diffusion"] = "mse"
-    diffusion_time_steps: int | None = 500
+    diffusion_time_steps: int | None = Field(500, ge=1)
     diffusion_beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"] = "linear"
 
 
 class ArrayOutputSamplingConfig(Strict):
     manual_inputs: list[dict[str, Any]] = []
     n_eval_inputs: int = Field(10, ge=0)
-    diffusion_inference_steps: int = 500
+    diffusion_inference_steps: int = Field(500, ge=1)
     diffusion_sampler: Literal["ddpm", "ddim", "dpm_solver"] = "ddpm"
-    diffusion_eta: float = 0.2
+    diffusion_eta: float = Field(0.2, ge=0, allow_inf_nan=False)
+    # Beyond EIR: classifier-free guidance at sampling (None: off, one conditional pass as in
+    # EIR). Needs a conditioning input trained with modality_dropout_rate > 0 (config/diffusion_rules.py).
+    diffusion_guidance_scale: float | None = Field(None, ge=0, allow_inf_nan=False)
 
 
 class OutputConfig(Strict):

@@ -80,8 +80,6 @@ def unsupported_options(cfg: ExperimentConfig) -> list[str]:
         where = f"output {oc.name!r}"
         if oc.output_info.output_type != "array":
             found.append(f"{where}: output_info.output_type={oc.output_info.output_type!r}")
-        if oc.output_type_info.loss != "mse":
-            found.append(f"{where}: output_type_info.loss={oc.output_type_info.loss!r}")
         if oc.model_config_.pre_normalization is not None:
             found.append(f"{where}: model_config.pre_normalization")
         if oc.tensor_broker_config is not None:

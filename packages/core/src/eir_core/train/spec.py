@@ -15,7 +15,15 @@ from eir_core.config.schema import (
     OutputConfig,
 )
 from eir_core.data.dataset import ArrayColumn, RunData, TabularColumn
-from eir_core.manifest import ArrayInput, ArrayOutput, InputEntry, Manifest, TabularInput, TrainingSummary
+from eir_core.manifest import (
+    ArrayInput,
+    ArrayOutput,
+    DiffusionInfo,
+    InputEntry,
+    Manifest,
+    TabularInput,
+    TrainingSummary,
+)
 from eir_core.model.meta import InputSpec, ModelSpec, OutputSpec
 
 
@@ -82,6 +90,7 @@ def build_manifest(
                     {"name": ic.name, "modality_dropout_rate": dropout[ic.name], **col.encoding.to_json()}
                 )
             )
+    by_name = {oc.name: oc for oc in cfg.output_configs}
     outputs = [
         ArrayOutput(
             name=n,
@@ -89,6 +98,7 @@ def build_manifest(
             source_dtype=c.source.dtype.str,
             original_shape=c.source.original_shape,
             normalization=c.stats.kind,
+            diffusion=diffusion_info(cfg, by_name[n]),
         )
         for n, c in data.outputs.items()
     ]
@@ -99,6 +109,26 @@ def build_manifest(
         inputs=inputs,
         outputs=outputs,
         training=training,
+    )
+
+
+def diffusion_info(cfg: ExperimentConfig, oc: OutputConfig) -> DiffusionInfo | None:
+    """The sampling record of a diffusion output (None for an MSE output)."""
+    ti, sc = oc.output_type_info, oc.sampling_config
+    if ti.loss != "diffusion":
+        return None
+    assert ti.diffusion_time_steps is not None  # config/diffusion_rules.py
+    guidable = [
+        ic.name for ic in cfg.input_configs if ic.name != oc.name and ic.input_type_info.modality_dropout_rate > 0
+    ]
+    return DiffusionInfo(
+        time_steps=ti.diffusion_time_steps,
+        beta_schedule=ti.diffusion_beta_schedule,
+        inference_steps=sc.diffusion_inference_steps,
+        sampler=sc.diffusion_sampler,
+        eta=sc.diffusion_eta,
+        guidance_scale=sc.diffusion_guidance_scale,
+        guidable_inputs=guidable,
     )
 
 

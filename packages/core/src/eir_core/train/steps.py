@@ -6,7 +6,7 @@ training (modality dropout), impute what is missing, move to the device.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,7 +14,11 @@ from torch import nn
 
 from eir_core.data.dataset import ArrayColumn, RunData, TabularColumn
 from eir_core.imputation import impute_array_, impute_tabular_, modality_dropout, null_codes
+from eir_core.model.spec import timestep_key
 from eir_core.train.latents import LatentRecorder
+
+if TYPE_CHECKING:
+    from eir_core.diffusion import NoiseSchedule
 
 VALIDATION_CHUNK = 1024  # samples per forward pass in validation
 
@@ -33,9 +37,51 @@ def _to(x: Any, device: torch.device) -> Any:
     return x.to(device, non_blocking=True)
 
 
+class Noiser:
+    """EIR's diffusion training batch: the array a diffusion output denoises (the input of the
+    same name, normalized) is noised at a timestep drawn uniformly from [0, T), and the target
+    is the velocity ``v = sqrt(ac_t) eps - sqrt(1 - ac_t) x0`` (v-prediction, zero-terminal-SNR
+    schedule: ``eir_core.diffusion``). Timesteps and noise come from the generator given (the
+    global CPU generator in training, so a resumed run continues its stream; a fixed one in
+    validation, so validations compare) and are drawn on the CPU, then moved."""
+
+    def __init__(self, schedules: dict[str, NoiseSchedule], device: torch.device) -> None:
+        self.steps = {name: s.time_steps for name, s in schedules.items()}
+        self.coefficients = {
+            name: tuple(torch.from_numpy(c).to(device) for c in s.coefficients()) for name, s in schedules.items()
+        }
+
+    def apply_(
+        self,
+        inputs: dict[str, Any],
+        targets: dict[str, torch.Tensor],
+        present: dict[str, np.ndarray],
+        generator: torch.Generator | None,
+    ) -> None:
+        for name, (sqrt_ac, sqrt_1m_ac) in self.coefficients.items():
+            x0: torch.Tensor = inputs[name]
+            b = x0.shape[0]
+            t = torch.randint(0, self.steps[name], (b,), generator=generator)
+            eps = torch.randn(tuple(x0.shape), generator=generator).to(x0.device, non_blocking=True)
+            t = t.to(x0.device, non_blocking=True)
+            view = (b,) + (1,) * (x0.dim() - 1)
+            a, s = sqrt_ac[t].view(view), sqrt_1m_ac[t].view(view)
+            v = a * eps - s * x0
+            if not present[name].all():  # no image: nothing to learn from this row
+                v[torch.from_numpy(~present[name]).to(v.device)] = float("nan")
+            inputs[name] = a * x0 + s * eps
+            inputs[timestep_key(name)] = t
+            targets[name] = v
+
+
 class BatchMaker:
     def __init__(
-        self, data: RunData, device: torch.device, dropout: dict[str, float], rng: np.random.Generator
+        self,
+        data: RunData,
+        device: torch.device,
+        dropout: dict[str, float],
+        rng: np.random.Generator,
+        diffusion: dict[str, NoiseSchedule] | None = None,
     ) -> None:
         self.data = data
         self.device = device
@@ -43,6 +89,9 @@ class BatchMaker:
         self.rng = rng  # modality dropout draws; replaced on resume
         self.null_codes = {n: null_codes(c.encoding) for n, c in data.inputs.items() if isinstance(c, TabularColumn)}
         self.has_nan = {n: not bool(c.present.all()) for n, c in data.outputs.items()}
+        self.noiser = Noiser(diffusion, device) if diffusion else None
+        if diffusion:  # a target row is NaN where the noised input is missing
+            self.has_nan.update({n: not bool(data.inputs[n].present.all()) for n in diffusion})
 
     def prepare(
         self, idx: np.ndarray, train: bool, generator: torch.Generator | None = None
@@ -59,7 +108,11 @@ class BatchMaker:
             else:
                 assert isinstance(x, dict)
                 impute_tabular_(x, ~keep, self.null_codes[name])
-        return {k: _to(v, self.device) for k, v in inputs.items()}, {k: _to(v, self.device) for k, v in targets.items()}
+        on_device = {k: _to(v, self.device) for k, v in inputs.items()}
+        target_tensors = {k: _to(v, self.device) for k, v in targets.items()}
+        if self.noiser is not None:
+            self.noiser.apply_(on_device, target_tensors, present, generator)
+        return on_device, target_tensors
 
     def loss(self, preds: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
         losses = [masked_mse(p, targets[n], self.has_nan[n]) for n, p in preds.items()]

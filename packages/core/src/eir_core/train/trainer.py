@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from eir_core.config.diffusion_rules import noise_schedules
 from eir_core.config.schema import ExperimentConfig
 from eir_core.data.dataset import RunData
 from eir_core.errors import ConfigError, RunFolderError
@@ -122,7 +123,7 @@ class Trainer:
         keeper = CheckpointKeeper(self.run.saved_models, self.run_name, ec.n_saved_models)
         self.saver = Saver(cfg, self.data, self.spec, self.run, keeper, dist, self.opts.seed, self.batch_size)
         dropout = {ic.name: ic.input_type_info.modality_dropout_rate for ic in cfg.input_configs}
-        self.batches = BatchMaker(self.data, self.device, dropout, rng)
+        self.batches = BatchMaker(self.data, self.device, dropout, rng, noise_schedules(cfg))
         self.histories = Histories(outputs={o: [] for o in self.data.outputs})
 
         if dist.is_main:

@@ -1,0 +1,153 @@
+"""Generating a diffusion output: the sampler's step loop around a runtime's forward pass.
+
+NumPy only (the schedule and samplers are ``eir_core.diffusion``), so the PyTorch Predictor, the
+ONNX Runtime one and training's sample writer all sample the same way. As in EIR, sampling
+starts from noise in place of the array the output denoises (an array given for it is not
+used) and runs every timestep of the sampler with the conditioning inputs held fixed.
+
+Randomness is per item: item i's generator is ``default_rng(seed_i)``; it draws the starting
+noise, then the noise of every step that adds some, so an item's sample depends on its seed
+and the sampling parameters alone, not on the other items of the batch.
+
+Classifier-free guidance (beyond EIR): with a scale ``w`` the batch is doubled, the second half
+without the conditioning inputs that were trained with dropout (imputed as at training), and
+the prediction is ``v_uncond + w (v_cond - v_uncond)``; ``w = 1`` is the conditional model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from eir_core.manifest import DiffusionInfo
+from eir_core.model.spec import timestep_key
+
+if TYPE_CHECKING:
+    from eir_core.diffusion import Sampler
+    from eir_core.inference import ArrayBatch, Item, ItemModel
+
+Forward = Callable[["ArrayBatch"], dict[str, np.ndarray]]
+_MAX_CACHED_SAMPLERS = 32
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What a request may choose; None takes the bundle's default (its training config)."""
+
+    steps: int | None = None
+    sampler: str | None = None
+    eta: float | None = None
+    guidance_scale: float | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedParams:
+    steps: int
+    sampler: str
+    eta: float
+    guidance_scale: float | None
+
+
+def resolve_params(info: DiffusionInfo, params: SamplingParams) -> ResolvedParams:
+    """The parameters with the bundle's defaults filled in; ValueError naming the bad one."""
+    from eir_core.diffusion import SAMPLERS
+
+    steps = info.inference_steps if params.steps is None else params.steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= info.time_steps:
+        raise ValueError(
+            f"steps: must be a whole number from 1 to {info.time_steps} (the trained time steps), got {steps!r}"
+        )
+    sampler = info.sampler if params.sampler is None else params.sampler
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    eta = info.eta if params.eta is None else params.eta
+    if isinstance(eta, bool) or not isinstance(eta, int | float) or not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta: must be a finite number >= 0, got {eta!r}")
+    scale = info.guidance_scale if params.guidance_scale is None else params.guidance_scale
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) or scale < 0:
+            raise ValueError(f"guidance_scale: must be a finite number >= 0, got {scale!r}")
+        if not info.guidable_inputs:
+            raise ValueError(
+                "guidance_scale: this model was trained without dropout on any conditioning input, "
+                "so it has no unconditional branch to guide with"
+            )
+    return ResolvedParams(steps, sampler, float(eta), None if scale is None else float(scale))
+
+
+class DiffusionSampling:
+    """The sampling loop of a model's (single) diffusion output."""
+
+    def __init__(self, items: ItemModel) -> None:
+        from eir_core.diffusion import NoiseSchedule
+
+        (name, info), *more = items.manifest.diffusion_outputs.items()
+        if more:
+            raise ValueError("one diffusion output per model is supported")
+        self.items = items
+        self.output = name
+        self.info = info
+        self.shape = tuple(items.outputs[name].shape)
+        self.schedule = NoiseSchedule.build(info.time_steps, info.beta_schedule)
+        self._samplers: dict[tuple[str, int, float], Sampler] = {}
+
+    def sampler(self, p: ResolvedParams) -> Sampler:
+        key = (p.sampler, p.steps, p.eta)
+        found = self._samplers.get(key)
+        if found is None:
+            if len(self._samplers) >= _MAX_CACHED_SAMPLERS:
+                self._samplers.pop(next(iter(self._samplers)))
+            from eir_core.diffusion import Sampler
+
+            found = self._samplers[key] = Sampler(self.schedule, p.sampler, p.steps, p.eta)
+        return found
+
+    def run(
+        self,
+        forward: Forward,
+        items: Sequence[Item],
+        seeds: Sequence[int],
+        scales: Sequence[float],
+        params: SamplingParams,
+    ) -> dict[str, np.ndarray]:
+        """Normalized samples ``{output: (N, *shape)}`` for ``items`` (checked already)."""
+        p = resolve_params(self.info, params)
+        sampler = self.sampler(p)
+        n = len(items)
+        guided = p.guidance_scale is not None and p.guidance_scale != 1.0
+        batch = self.items.array_batch(items, seeds, scales)
+        if guided:
+            drop = set(self.info.guidable_inputs)
+            bare = [{k: v for k, v in item.items() if k not in drop} for item in items]
+            uncond = self.items.array_batch(bare, seeds, scales)
+            batch = {k: _concat(batch[k], uncond[k]) for k in batch}
+        rngs = [np.random.default_rng(int(s)) for s in seeds]
+        x = np.stack([g.standard_normal(self.shape, dtype=np.float32) for g in rngs])
+        state = sampler.new_state()
+        t_key = timestep_key(self.output)
+        for i, t in enumerate(sampler.timesteps):
+            batch[self.output] = np.concatenate([x, x]) if guided else x
+            batch[t_key] = np.full(2 * n if guided else n, int(t), dtype=np.int64)
+            v = np.asarray(forward(batch)[self.output], dtype=np.float32)
+            if guided:
+                assert p.guidance_scale is not None
+                v_cond, v_uncond = v[:n], v[n:]
+                v = v_uncond + np.float32(p.guidance_scale) * (v_cond - v_uncond)
+            noise = (
+                np.stack([g.standard_normal(self.shape, dtype=np.float32) for g in rngs])
+                if sampler.needs_noise(i)
+                else None
+            )
+            x = sampler.step(state, v, x, noise)
+        return {self.output: x}
+
+
+def _concat(a: object, b: object) -> object:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: np.concatenate([a[k], b[k]]) for k in a}
+    assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+    return np.concatenate([a, b])
