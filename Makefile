@@ -1,7 +1,8 @@
 # One-command entry points (the README calls these).
 #   make demo   set up .venv, make the built-in digits, train the tutorial autoencoder,
 #               serve the bundle and answer a real /predict request
-#   make demo-conditional / make demo-torchrun   the label-conditional run / the same demo
+#   make demo-conditional / make demo-diffusion / make demo-torchrun   the label-conditional run /
+#               label-only digits sampled by diffusion / the same demo
 #               trained by 2 processes under torchrun
 #   make test   set up .venv and run the whole test suite (what CI runs)
 #   make lint   ruff + mypy;   make bench   benchmark scripts -> benchmarks/results/
@@ -15,7 +16,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 DEMO_DIR ?= examples/tutorial
 
-.PHONY: setup browser demo demo-conditional demo-torchrun test lint bench docker-smoke grpc-stubs clean
+.PHONY: setup browser demo demo-conditional demo-diffusion demo-torchrun test lint bench docker-smoke grpc-stubs clean
 
 $(VENV)/.installed: packages/core/pyproject.toml requirements-dev.txt $(wildcard services/serve/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,10 @@ demo: setup
 
 demo-conditional: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash $(DEMO_DIR)/run_demo.sh conditional
+
+# Label-only digits sampled by a diffusion model (examples/diffusion: EIR's loss: diffusion keys).
+demo-diffusion: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash $(DEMO_DIR)/run_demo.sh diffusion
 
 # The same as demo, trained by 2 processes under torchrun (DistributedDataParallel, gloo).
 demo-torchrun: setup

@@ -44,7 +44,11 @@ KINDS: dict[str, tuple[str, list[str], list[str]]] = {
 }
 _CNN_IN = "--input_mnist_array.model_config.model_init_config."
 _CNN_OUT = "--output.model_config.model_init_config."
-_MSE = ["--output.output_type_info.loss=mse", "--output.output_info.output_name=mnist_output"]
+_MSE = [
+    "--output.output_type_info.loss=mse",
+    "--output.output_info.output_name=mnist_output",
+    _CNN_OUT + "channel_exp_base=7",
+]
 # The diffusion example's CNN input set back to EIR's defaults (automatic layers)
 _EIR_CNN_DEFAULTS = [
     _CNN_IN + kv
@@ -61,6 +65,8 @@ _EIR_CNN_DEFAULTS = [
 ]
 
 # name: (kind, side, flat 1-D arrays, output cutoff or None for the tutorial's "auto", config overrides)
+_TUTORIAL_SIZES = [_CNN_IN + "channel_exp_base=6", _CNN_OUT + "channel_exp_base=7"]
+
 CASES: dict[str, tuple[str, int, bool, int | None, list[str]]] = {
     "run1_28": ("a", 28, False, None, []),
     "run2_28": ("b", 28, False, None, []),
@@ -86,20 +92,28 @@ CASES: dict[str, tuple[str, int, bool, int | None, list[str]]] = {
     ),
     # CNN models (kinds d, u, m, c): the diffusion example, unconditional, an MSE cnn output,
     # a cnn input with an LCL output, and variants reaching the rules the examples do not
-    "diffusion_8": ("d", 8, False, None, []),
-    "diffusion_28": ("d", 28, False, None, []),
+    "diffusion_example_8": ("d", 8, False, None, []),  # examples/diffusion as it is
+    # EIR's MNIST diffusion tutorial sizes (channel_exp_base 6 in, 7 out), fixed here so that
+    # these cases stay what they were when the example's sizes change
+    "diffusion_8": ("d", 8, False, None, _TUTORIAL_SIZES),
+    "diffusion_28": ("d", 28, False, None, _TUTORIAL_SIZES),
     "diffusion_8_ca2_up1_noattn": (
         "d",
         8,
         False,
         None,
-        [_CNN_OUT + "num_ca_blocks=2", _CNN_OUT + "up_every_n_blocks=1", _CNN_OUT + "attention_inclusion_cutoff=0"],
+        [
+            *_TUTORIAL_SIZES,
+            _CNN_OUT + "num_ca_blocks=2",
+            _CNN_OUT + "up_every_n_blocks=1",
+            _CNN_OUT + "attention_inclusion_cutoff=0",
+        ],
     ),
-    "unconditional_8": ("u", 8, False, None, []),
-    "unconditional_28": ("u", 28, False, None, []),
+    "unconditional_8": ("u", 8, False, None, _TUTORIAL_SIZES),
+    "unconditional_28": ("u", 28, False, None, _TUTORIAL_SIZES),
     "mse_cnn_out_8": ("m", 8, False, None, _MSE),
     "mse_cnn_out_28": ("m", 28, False, None, _MSE),
-    "cnn_in_lcl_out_28": ("c", 28, False, None, []),
+    "cnn_in_lcl_out_28": ("c", 28, False, None, [_CNN_IN + "channel_exp_base=6"]),
     "cnn_in_eir_defaults_28": ("c", 28, False, None, _EIR_CNN_DEFAULTS),
     "cnn_in_many_blocks_28": (  # more than 8 automatic blocks: the ninth and later join the third group
         "c",
@@ -142,6 +156,7 @@ CASES: dict[str, tuple[str, int, bool, int | None, list[str]]] = {
                 "num_output_features=64",
                 "rb_do=0.1",
                 "stochastic_depth_p=0.1",
+                "channel_exp_base=6",
             )
         ],
     ),

@@ -51,6 +51,16 @@ def main() -> None:
         info = client.get("/info").json()
         print("GET /info ->", info)
         out_name, out = next(iter(info["outputs"].items()))
+        if a.kind == "diffusion":  # a sampler: the same labels twice, other seeds, other digits
+            for seed in (0, 1):
+                r = client.post(f"/predict?seed={seed}", json=[{"mnist_label": {"CLASS": str(d)}} for d in range(10)])
+                r.raise_for_status()
+                imgs = [decode(x[out_name], out["shape"]) for x in r.json()["result"]]
+                print(f"\nPOST /predict?seed={seed} (labels only, 0..9, sampled by diffusion):")
+                print(side_by_side(*[ascii_art(i) for i in imgs[:5]]))
+                print()
+                print(side_by_side(*[ascii_art(i) for i in imgs[5:]]))
+            return
         path = sorted((a.data / "mnist_npy").glob("*.npy"))[5]
         image = np.load(path)
         item: dict[str, object] = {"mnist": base64.b64encode(image.tobytes()).decode()}

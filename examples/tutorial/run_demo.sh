@@ -2,6 +2,7 @@
 # The whole product on the built-in digits: data -> train -> bundle -> serve -> request.
 #   bash examples/tutorial/run_demo.sh               run 1: the autoencoder
 #   bash examples/tutorial/run_demo.sh conditional   run 2: image + label, label-only generation
+#   bash examples/tutorial/run_demo.sh diffusion     examples/diffusion: label-only digits sampled by diffusion
 #   SIZE=28 bash examples/tutorial/run_demo.sh       the tutorial's real 28x28 shape (10 000 images)
 #   NPROC=2 bash examples/tutorial/run_demo.sh       train with 2 processes under torchrun (DDP)
 # Needs eirtrain, eir-data, eir-bundle and eirserve on PATH (`make demo` sets that up).
@@ -18,7 +19,15 @@ if [ ! -f "$data/mnist_labels.csv" ]; then
   else eir-data digits --output-folder "$data"; fi
 fi
 
-if [ "$kind" = conditional ]; then
+if [ "$kind" = diffusion ]; then
+  # examples/diffusion: EIR's diffusion keys on the same digits (the configs read data/digits8 here)
+  [ "$size" = 8 ] || { echo "the diffusion demo runs on the 8x8 digits (examples/diffusion/digits28 for 28x28)" >&2; exit 2; }
+  run=runs/digits8_03_array_mnist_diffusion
+  "${train[@]}" --global_configs ../diffusion/globals.yaml \
+    --input_configs ../diffusion/input_mnist_array.yaml ../diffusion/input_mnist_label.yaml \
+    --output_configs ../diffusion/output.yaml \
+    --globals.basic_experiment.output_folder="$run" --overwrite ${DIFFUSION_EPOCHS:+--globals.basic_experiment.n_epochs=$DIFFUSION_EPOCHS}
+elif [ "$kind" = conditional ]; then
   run=runs/$( [ "$size" = 28 ] || echo digits8_ )02_array_mnist_generation_with_labels
   "${train[@]}" --global_configs "$conf/globals.yaml" \
     --input_configs "$conf/input_mnist_array_with_label.yaml" "$conf/input_mnist_label.yaml" \

@@ -104,6 +104,7 @@ def test_fixtures_cover_the_cases() -> None:
     names = {p.stem for p in FIXTURES}
     assert {
         "diffusion_8",
+        "diffusion_example_8",
         "diffusion_28",
         "unconditional_8",
         "mse_cnn_out_8",
@@ -130,7 +131,7 @@ def test_structure_matches_eirs_build(path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "params"),
-    [("diffusion_8", 2_486_265), ("unconditional_8", 2_336_231)],
+    [("diffusion_8", 2_486_265), ("unconditional_8", 2_336_231), ("diffusion_example_8", 632_661)],
 )
 def test_diffusion_example_has_eirs_parameter_count(name: str, params: int) -> None:
     model = MetaModel(fixture_spec(fixture(name)))

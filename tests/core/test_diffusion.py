@@ -110,7 +110,7 @@ def test_training_target_is_eirs_v_prediction() -> None:
 @pytest.fixture(scope="module")
 def diffusion_run(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) -> Path:
     tmp = tmp_path_factory.mktemp("diffusion")
-    args = diffusion_configs(tmp / "cfg", digits_dir, tmp / "run", sampling={"diffusion_guidance_scale": 2.0})
+    args = diffusion_configs(tmp / "cfg", digits_dir, tmp / "run", sampling={"diffusion_guidance_scale": 2.0}, epochs=1)
     assert eirtrain(args) == 0
     return tmp / "run"
 
