@@ -102,7 +102,9 @@ def run_eir(data: Path, epochs: int, interval: int) -> dict[str, Any] | None:
         lines = path.read_text().strip().splitlines() if path.exists() else []
         history = {int(r.split(",")[0]): float(r.split(",")[1]) for r in lines[1:]} if lines else {}
     return {
-        "command": " ".join(["benchmarks/eir_reference.sh", "train", "NAME", "DATA", "d", "--", *common(epochs, interval)]),
+        "command": " ".join(
+            ["benchmarks/eir_reference.sh", "train", "NAME", "DATA", "d", "--", *common(epochs, interval)]
+        ),
         "parameters": int(params.group(1).replace(",", "")) if params else None,
         "wall_s": round(wall, 2),
         "iterations": iters,
@@ -126,7 +128,9 @@ def main() -> None:
         data = tt.make_data(Path(tmp) / "data", 8, 1797)
         for r in range(a.repeats):
             ours = run_ours(data, Path(tmp) / f"run{r}", a.epochs, a.interval)
-            print(f"round {r + 1}: eirtrain {ours['wall_s']} s, {ours['iterations_per_s_whole_process']} it/s", flush=True)
+            print(
+                f"round {r + 1}: eirtrain {ours['wall_s']} s, {ours['iterations_per_s_whole_process']} it/s", flush=True
+            )
             eir = run_eir(data, a.epochs, a.interval)
             if eir is not None:
                 print(f"round {r + 1}: EIR {eir['wall_s']} s, {eir['iterations_per_s_whole_process']} it/s", flush=True)
