@@ -186,3 +186,31 @@ def test_resume_continues_a_diffusion_run(tmp_path: Path, digits_dir: Path) -> N
     assert eirtrain([*args, "--globals.basic_experiment.n_epochs=2", "--resume"]) == 0
     after = [int(r.split(",")[0]) for r in history.read_text().strip().splitlines()[1:]]
     assert after[: len(first)] == first and after[-1] == 2 * first[-1]
+
+
+def test_jobs_stepped_together_give_each_its_own_samples(diffusion_run: Path) -> None:
+    """The server's unit of work: one step of every job in one forward pass. Jobs at different
+    steps, with different samplers and step counts, guided or not, joining late, each give the
+    samples they give alone."""
+    p = Predictor.from_path(_latest(diffusion_run), device="cpu")
+    sampling = p.diffusion
+    assert sampling is not None
+    calls = [
+        ([{LABEL: {"CLASS": "1"}}, {LABEL: {"CLASS": "2"}}], [11, 12], SamplingParams()),
+        ([{LABEL: {"CLASS": "6"}}], [13], SamplingParams(sampler="ddpm", steps=20, guidance_scale=1.0)),
+        ([{LABEL: {"CLASS": "9"}}], [14], SamplingParams(sampler="dpm_solver", steps=7)),
+    ]
+    alone = [p.predict(items, seeds=seeds, sampling=sp) for items, seeds, sp in calls]
+    jobs = [sampling.job(items, seeds, [1.0] * len(items), sp) for items, seeds, sp in calls]
+    sampling.step_jobs(p.run_batch, jobs[:1])  # the first job is a step ahead when the others join
+    active = list(jobs)
+    steps = 0
+    while active:
+        sampling.step_jobs(p.run_batch, active)
+        active = [j for j in active if not j.done]
+        steps += 1
+    assert steps == 20  # the longest job's steps, not the sum
+    for job, want in zip(jobs, alone, strict=True):
+        got = p.split_outputs({"mnist": job.x}, job.n)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g["mnist"], w["mnist"], atol=1e-3)

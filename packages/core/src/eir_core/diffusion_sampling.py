@@ -106,6 +106,25 @@ class DiffusionSampling:
             found = self._samplers[key] = Sampler(self.schedule, p.sampler, p.steps, p.eta)
         return found
 
+    def job(
+        self, items: Sequence[Item], seeds: Sequence[int], scales: Sequence[float], params: SamplingParams
+    ) -> SampleJob:
+        """A sampling job for ``items`` (checked already); ValueError for bad parameters."""
+        return SampleJob(self, items, seeds, scales, resolve_params(self.info, params))
+
+    def step_jobs(self, forward: Forward, jobs: Sequence[SampleJob]) -> None:
+        """One step of every job, in one forward pass: each job's rows at its own timestep."""
+        if not jobs:
+            return
+        parts = [j.model_rows() for j in jobs]
+        batch = {k: _concat_all([p[k] for p in parts]) for k in parts[0]}
+        v = np.asarray(forward(batch)[self.output], dtype=np.float32)
+        at = 0
+        for j in jobs:
+            rows = j.rows
+            j.advance(v[at : at + rows])
+            at += rows
+
     def run(
         self,
         forward: Forward,
@@ -115,39 +134,78 @@ class DiffusionSampling:
         params: SamplingParams,
     ) -> dict[str, np.ndarray]:
         """Normalized samples ``{output: (N, *shape)}`` for ``items`` (checked already)."""
-        p = resolve_params(self.info, params)
-        sampler = self.sampler(p)
-        n = len(items)
-        guided = p.guidance_scale is not None and p.guidance_scale != 1.0
-        batch = self.items.array_batch(items, seeds, scales)
-        if guided:
-            drop = set(self.info.guidable_inputs)
+        job = self.job(items, seeds, scales, params)
+        while not job.done:
+            self.step_jobs(forward, [job])
+        return {self.output: job.x}
+
+
+class SampleJob:
+    """One call's sampling as a small state machine: the conditioning rows (doubled with the
+    unconditional ones under guidance), the current sample, the sampler's state and each
+    item's generator. ``model_rows`` gives this step's model input, ``advance`` takes the
+    model's output for those rows; a server runs the steps of many jobs in one forward pass
+    (``DiffusionSampling.step_jobs``), and a job's result does not depend on the others."""
+
+    def __init__(
+        self,
+        sampling: DiffusionSampling,
+        items: Sequence[Item],
+        seeds: Sequence[int],
+        scales: Sequence[float],
+        params: ResolvedParams,
+    ) -> None:
+        self.params = params
+        self.output = sampling.output
+        self.sampler = sampling.sampler(params)
+        self.state = self.sampler.new_state()
+        self.n = len(items)
+        self.guidance = params.guidance_scale if params.guidance_scale not in (None, 1.0) else None
+        cond = sampling.items.array_batch(items, seeds, scales)
+        if self.guidance is not None:
+            drop = set(sampling.info.guidable_inputs)
             bare = [{k: v for k, v in item.items() if k not in drop} for item in items]
-            uncond = self.items.array_batch(bare, seeds, scales)
-            batch = {k: _concat(batch[k], uncond[k]) for k in batch}
-        rngs = [np.random.default_rng(int(s)) for s in seeds]
-        x = np.stack([g.standard_normal(self.shape, dtype=np.float32) for g in rngs])
-        state = sampler.new_state()
-        t_key = timestep_key(self.output)
-        for i, t in enumerate(sampler.timesteps):
-            batch[self.output] = np.concatenate([x, x]) if guided else x
-            batch[t_key] = np.full(2 * n if guided else n, int(t), dtype=np.int64)
-            v = np.asarray(forward(batch)[self.output], dtype=np.float32)
-            if guided:
-                assert p.guidance_scale is not None
-                v_cond, v_uncond = v[:n], v[n:]
-                v = v_uncond + np.float32(p.guidance_scale) * (v_cond - v_uncond)
-            noise = (
-                np.stack([g.standard_normal(self.shape, dtype=np.float32) for g in rngs])
-                if sampler.needs_noise(i)
-                else None
-            )
-            x = sampler.step(state, v, x, noise)
-        return {self.output: x}
+            uncond = sampling.items.array_batch(bare, seeds, scales)
+            cond = {k: _concat_all([cond[k], uncond[k]]) for k in cond}
+        self.conditioning = cond
+        self.rows = 2 * self.n if self.guidance is not None else self.n
+        self.rngs = [np.random.default_rng(int(s)) for s in seeds]
+        self.shape = sampling.shape
+        self.x = np.stack([g.standard_normal(self.shape, dtype=np.float32) for g in self.rngs])
+        self._t_key = timestep_key(self.output)
+
+    @property
+    def done(self) -> bool:
+        return self.sampler.done(self.state)
+
+    @property
+    def step_index(self) -> int:
+        return self.state.index
+
+    def model_rows(self) -> ArrayBatch:
+        """This step's model input: the conditioning, the current sample and its timestep."""
+        t = int(self.sampler.timesteps[self.state.index])
+        batch = dict(self.conditioning)
+        batch[self.output] = np.concatenate([self.x, self.x]) if self.guidance is not None else self.x
+        batch[self._t_key] = np.full(self.rows, t, dtype=np.int64)
+        return batch
+
+    def advance(self, v: np.ndarray) -> None:
+        """One sampler step with the model's output ``v`` for this job's rows."""
+        if self.guidance is not None:
+            v_cond, v_uncond = v[: self.n], v[self.n :]
+            v = v_uncond + np.float32(self.guidance) * (v_cond - v_uncond)
+        i = self.state.index
+        noise = (
+            np.stack([g.standard_normal(self.shape, dtype=np.float32) for g in self.rngs])
+            if self.sampler.needs_noise(i)
+            else None
+        )
+        self.x = self.sampler.step(self.state, v, self.x, noise)
 
 
-def _concat(a: object, b: object) -> object:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return {k: np.concatenate([a[k], b[k]]) for k in a}
-    assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
-    return np.concatenate([a, b])
+def _concat_all(parts: Sequence[object]) -> object:
+    first = parts[0]
+    if isinstance(first, dict):
+        return {k: np.concatenate([p[k] for p in parts]) for k in first}  # type: ignore[index]
+    return np.concatenate(parts)  # type: ignore[arg-type]
