@@ -56,8 +56,9 @@ write_configs() {  # DATA OUT KIND [CUTOFF]
     *) echo "kind must be a, b, d, u, m or c, not '$kind'" >&2; exit 2 ;;
   esac
   for f in $g $ins $outs; do
+    # diffusion_guidance_scale is this project's own key (classifier-free guidance): EIR has none
     sed -e "s#data/digits[0-9]*/mnist_npy#$data/mnist_npy#" -e "s#data/digits[0-9]*/mnist_labels.csv#$data/mnist_labels.csv#" \
-      "$root/examples/$f.yaml" > "$out/$(basename "$f").yaml"
+      -e "/^ *diffusion_guidance_scale:/d" "$root/examples/$f.yaml" > "$out/$(basename "$f").yaml"
   done
   if [ -n "$cutoff" ]; then
     f=$out/$(basename "$outs").yaml

@@ -214,3 +214,23 @@ def test_jobs_stepped_together_give_each_its_own_samples(diffusion_run: Path) ->
         got = p.split_outputs({"mnist": job.x}, job.n)
         for g, w in zip(got, want, strict=True):
             np.testing.assert_allclose(g["mnist"], w["mnist"], atol=1e-3)
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_under_torchrun_train_a_diffusion_model(tmp_path: Path, digits_dir: Path) -> None:
+    """DistributedDataParallel with the pass-through fusion and the timestep embedding: every
+    parameter takes part on every rank, and rank 0's bundle samples."""
+    import os
+    import subprocess
+    import sys
+
+    args = diffusion_configs(tmp_path / "cfg", digits_dir, tmp_path / "run", epochs=1)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    r = subprocess.run([*cmd, "-m", "eir_core.cli.train", *args], capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "distributed: 2 processes" in r.stderr
+    p = Predictor.from_path(_latest(tmp_path / "run"), device="cpu")
+    assert p.manifest.training.world_size == 2
+    out = p.predict([{LABEL: {"CLASS": "2"}}], seeds=[0])[0]["mnist"]
+    assert out.shape == (1, 8, 8) and np.isfinite(out).all()
