@@ -98,6 +98,7 @@ def diffusion_configs(
     label_dropout: float = 0.2,
     sampling: dict[str, Any] | None = None,
     epochs: int = 2,
+    latent_layers: list[str] | None = None,
 ) -> list[str]:
     """CLI arguments for a tiny label-conditioned diffusion run on the 8x8 digits (the shape of
     examples/diffusion, with few channels, time steps and sampling steps)."""
@@ -113,6 +114,8 @@ def diffusion_configs(
         "evaluation_checkpoint": {"checkpoint_interval": 20, "sample_interval": 20, "n_saved_models": 1},
         "optimization": {"lr": 0.002, "optimizer": "adamw"},
     }
+    if latent_layers:
+        g["latent_sampling"] = {"layers_to_sample": latent_layers}
     image = {
         "input_info": {"input_source": str(data / "mnist_npy"), "input_name": "mnist", "input_type": "array"},
         "input_type_info": {"normalization": "channel"},

@@ -110,7 +110,14 @@ def test_training_target_is_eirs_v_prediction() -> None:
 @pytest.fixture(scope="module")
 def diffusion_run(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) -> Path:
     tmp = tmp_path_factory.mktemp("diffusion")
-    args = diffusion_configs(tmp / "cfg", digits_dir, tmp / "run", sampling={"diffusion_guidance_scale": 2.0}, epochs=1)
+    args = diffusion_configs(
+        tmp / "cfg",
+        digits_dir,
+        tmp / "run",
+        sampling={"diffusion_guidance_scale": 2.0},
+        epochs=1,
+        latent_layers=["input_modules.mnist"],
+    )
     assert eirtrain(args) == 0
     return tmp / "run"
 
@@ -137,6 +144,11 @@ def test_run_writes_samples_curves_and_a_bundle_that_records_the_sampler(diffusi
     assert len(meta) == 2
     arr = np.load(manual[-1] / f"{meta['manual_0']['generated']}")
     assert arr.shape == (1, 8, 8) and np.isfinite(arr).all()
+    assert (manual[-1] / "grid.png").exists()
+    # curves and latents as for an MSE output
+    assert (diffusion_run / "training_curve_LOSS_1.png").exists()
+    latents = sorted((diffusion_run / "latents" / "latent_outputs").glob("*/input_modules.mnist/batch_*.npy"))
+    assert latents and np.load(latents[-1])["Latent"].shape[1] > 0
 
 
 def test_label_only_generation_is_seeded_per_item_and_same_on_onnx(diffusion_run: Path) -> None:
