@@ -115,6 +115,12 @@ def run_eir(data: Path, epochs: int, interval: int) -> dict[str, Any] | None:
     }
 
 
+def _env_prefix() -> str:
+    """Thread settings the run was started with (they change its speed), as a shell prefix."""
+    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    return "".join(f"{k}={os.environ[k]} " for k in keys if k in os.environ)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=10)
@@ -137,7 +143,7 @@ def main() -> None:
             rounds.append({"ours": ours, "eir": eir})
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     result = {
-        "command": "python benchmarks/diffusion_vs_eir.py " + " ".join(sys.argv[1:]),
+        "command": _env_prefix() + "python benchmarks/diffusion_vs_eir.py " + " ".join(sys.argv[1:]),
         "commit": commit.strip() or "unknown",
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "rounds": rounds,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,12 @@ def generate(predictor: Any, output: str, digit: int, seeds: list[int], **kw: An
     out = predictor.predict(items, seeds=seeds, **kw)
     flat: np.ndarray = np.stack([o[output].reshape(-1) for o in out])
     return np.clip(flat, 0, 255).astype(np.float64)
+
+
+def _env_prefix() -> str:
+    """Thread settings the run was started with (they change its speed), as a shell prefix."""
+    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    return "".join(f"{k}={os.environ[k]} " for k in keys if k in os.environ)
 
 
 def main() -> None:
@@ -187,7 +194,7 @@ def main() -> None:
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
     result = {
-        "command": "python benchmarks/generation_quality.py " + " ".join(sys.argv[1:]),
+        "command": _env_prefix() + "python benchmarks/generation_quality.py " + " ".join(sys.argv[1:]),
         "commit": commit or "unknown",
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "generations_per_label": a.per_label,
