@@ -150,7 +150,7 @@ def test_cli_errors_exit_2_without_traceback(
     assert err.startswith("eirtrain: error:") and "Traceback" not in err and "n_epochs" in err
     # An existing run is not overwritten silently.
     (tmp_path / "run" / "resume").mkdir(parents=True)
-    (tmp_path / "run" / ".eirtrain-run").write_text("{}\n")
+    (tmp_path / "run" / ".eirtrain-run").write_text('{"format": 2}\n')
     (tmp_path / "run" / "resume" / "state.safetensors").write_bytes(b"state")
     assert eirtrain(args) == 2
     err = capsys.readouterr().err

@@ -90,13 +90,111 @@ def test_a_data_error_leaves_no_folder_and_the_fixed_command_just_runs(
     assert eirtrain(args) == 0  # the corrected command, without --resume or --overwrite
 
 
-def test_a_run_that_saved_nothing_does_not_block_the_same_command(tmp_path: Path, digits_dir: Path) -> None:
+def test_only_a_run_that_recorded_its_early_failure_restarts_without_a_flag(
+    tmp_path: Path, digits_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eir_core.train.trainer import Trainer
+
     out = tmp_path / "run"
-    (out / "configs").mkdir(parents=True)
-    (out / MARKER).write_text("{}\n")  # what a run leaves when it fails before its first checkpoint
-    (out / "logging_history.log").write_text("...")
-    assert eirtrain(_args(tmp_path, digits_dir, out)) == 0
+    args = _args(tmp_path, digits_dir, out)
+
+    def broken_step(self: Trainer, idx: object) -> float:
+        raise ValueError("a bug in the first step")
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "_step", broken_step)
+        with pytest.raises(ValueError, match="a bug in the first step"):
+            eirtrain(args)
+    assert '"failed": "before its first checkpoint"' in (out / MARKER).read_text()
+    assert eirtrain(args) == 0  # the same command, no flag: eirtrain recorded the failure itself
     assert list((out / "saved_models").glob("*_checkpoint_24_*.safetensors"))
+
+    # A folder that merely looks like a run that saved nothing (no recorded failure) is kept.
+    other = tmp_path / "other"
+    (other / "configs").mkdir(parents=True)
+    (other / MARKER).write_text('{"format": 2}\n')
+    (other / "logging_history.log").write_text("mine")
+    capsys.readouterr()
+    assert eirtrain(_args(tmp_path, digits_dir, other)) == 2
+    assert "already has a run" in _one_error_line(capsys)
+    assert (other / "logging_history.log").read_text() == "mine"
+
+
+def test_a_finished_run_whose_checkpoints_were_moved_away_is_not_wiped(
+    tmp_path: Path, digits_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    args = _args(tmp_path, digits_dir, out)
+    assert eirtrain(args) == 0
+    (out / "saved_models").rename(tmp_path / "kept_models")
+    (out / "resume").rename(tmp_path / "kept_resume")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    curves = (out / "validation_average_history.log").read_text()
+    capsys.readouterr()
+    assert eirtrain(args) == 2
+    assert "already has a run" in _one_error_line(capsys)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert (out / "validation_average_history.log").read_text() == curves
+
+
+def test_overwrite_keeps_a_users_files_anywhere_in_the_run_folder(
+    tmp_path: Path, digits_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    args = [*_args(tmp_path, digits_dir, out), "--globals.evaluation_checkpoint.saved_result_detail_level=5"]
+    assert eirtrain(args) == 0
+    mine = {
+        "saved_models/notes.txt": "a note",
+        "results/mnist_output/report.md": "my report",
+        "results/mnist_output/mnist_output/samples/24/auto/my_pick.npy": "x",
+        "configs/my_variant.yaml": "a: 1",
+        "meta/where_i_ran_it.txt": "laptop",
+        "resume/backup_of_state.bin": "b",
+        "latents_visualization_tsne_v2.png": "p",
+    }
+    for rel, text in mine.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the run's")
+    with (out / MARKER).open("a") as f:  # a journal line that points outside the folder
+        f.write('{"wrote": "../outside.txt"}\n{"wrote": "/etc/hostname"}\n')
+    capsys.readouterr()
+    assert eirtrain([*args, "--overwrite"]) == 0
+    for rel, text in mine.items():
+        assert (out / rel).read_text() == text, rel
+    assert outside.read_text() == "not the run's"
+    assert list((out / "saved_models").glob("*_checkpoint_24_*.safetensors"))
+    err = capsys.readouterr().err
+    assert "kept files that eirtrain did not write" in err and "not a path inside it" in err
+
+
+def test_resume_never_removes_a_checkpoint_it_did_not_write(tmp_path: Path, digits_dir: Path) -> None:
+    out = tmp_path / "run"
+    args = _args(tmp_path, digits_dir, out)
+    assert eirtrain(args) == 0
+    (final,) = (out / "saved_models").glob("*.safetensors")
+    # The worst score possible in the run's own naming: the keeper (n_saved_models=1) would
+    # drop it first if it counted it among the run's checkpoints.
+    foreign = out / "saved_models" / f"{out.name}_checkpoint_1_perf-average=-9.0000.safetensors"
+    foreign.write_bytes(final.read_bytes())
+    assert eirtrain([*args, "--resume", "--globals.basic_experiment.n_epochs=2"]) == 0
+    assert foreign.is_file()
+    assert list((out / "saved_models").glob("*_checkpoint_48_*.safetensors"))
+
+
+def test_overwrite_of_a_run_without_a_record_of_its_files_is_refused(
+    tmp_path: Path, digits_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "old_run"
+    (out / "saved_models").mkdir(parents=True)
+    (out / MARKER).write_text('{"eir_core_version": "0.1.0", "created": "2024-01-01T00:00:00"}\n')
+    (out / "saved_models" / "old_run_checkpoint_24_perf-average=0.9000.safetensors").write_text("weights")
+    assert eirtrain([*_args(tmp_path, digits_dir, out), "--overwrite"]) == 2
+    assert "kept no record of the files it wrote" in _one_error_line(capsys)
+    assert [p.name for p in (out / "saved_models").iterdir()] == [
+        "old_run_checkpoint_24_perf-average=0.9000.safetensors"
+    ]
 
 
 def test_overwrite_removes_only_what_a_run_writes_and_resume_of_a_finished_run_says_how_to_go_on(

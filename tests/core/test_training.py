@@ -129,7 +129,7 @@ def test_inputs_and_outputs_sharing_no_id_is_an_error(tmp_path: Path, digits_dir
         _cfg(tmp_path, digits_dir, tmp_path / "run"), **{"input_configs.0.input_info.input_source": str(other)}
     )
     t = Trainer(cfg, TrainOptions(no_pbar=True))
-    with pytest.raises(DataError, match="share no sample ID"):
+    with pytest.raises(DataError, match="is a sample ID of the outputs"):
         t.setup()
 
 

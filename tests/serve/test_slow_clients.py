@@ -73,7 +73,10 @@ def test_slow_connections_are_closed_while_normal_requests_go_on(tiny_bundle: Pa
                 if i % 2 == 0:  # headers that never end
                     s.sendall(b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n")
                 else:  # complete headers, a tenth of the body
-                    head = f"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n\r\n"
+                    head = (
+                        f"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                        f"content-length: {len(body)}\r\n\r\n"
+                    )
                     s.sendall(head.encode() + body[: len(body) // 10])
                 socks.append(s)
             # a kept-alive connection whose second request stalls inside its headers
@@ -148,9 +151,20 @@ def collect_until_closed(socks: list[socket.socket], deadline_s: float) -> list[
 
 
 def test_connections_past_the_limit_get_503(tiny_bundle: Path, payload: list) -> None:
-    proc, url = start(tiny_bundle, "--limit-concurrency", "4")
+    """Connections kept alive between requests are not pushed out for a new one (slow ones are:
+    tests/serve/test_bounds_connections.py): past the limit, the new one's request gets 503."""
+    proc, url = start(tiny_bundle, "--limit-concurrency", "4", "--keep-alive-s", "60")
     port = int(url.rsplit(":", 1)[1])
-    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
+    idle = []
+    for _ in range(4):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        got = b""
+        while not got.endswith(b'{"status":"ok"}'):
+            chunk = s.recv(65536)
+            assert chunk, got
+            got += chunk
+        idle.append(s)
     try:
         r = httpx.post(f"{url}/predict", json=payload, timeout=10)
         assert r.status_code == 503

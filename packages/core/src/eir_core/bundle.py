@@ -10,6 +10,12 @@ Reading the manifest, the statistics and the graph needs NumPy only; the weights
 
 Writing is atomic (temporary file in the same folder, fsync, rename). Loading never unpickles:
 safetensors holds raw tensors and JSON, and anything unexpected is a :class:`BundleError`.
+
+Every read checks the manifest before anything is allocated from it (``check_manifest``): at
+least one input and output, unique names, channel-first shapes of at most ``MAX_ELEMENTS``
+elements per item, numeric input dtypes a request can carry, float32 outputs, tabular
+vocabularies and statistics that are complete and finite. The statistics tensors are checked
+from the file's header (dtype, shape) before they are read, then for finite values.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from eir_core import __version__
 from eir_core._fs import atomic_write_bytes
 from eir_core.data.normalization import NormStats
 from eir_core.errors import BundleError
-from eir_core.manifest import FORMAT, FORMAT_VERSION, ArrayInput, Manifest, checkpoints_in
+from eir_core.manifest import FORMAT, FORMAT_VERSION, ArrayInput, Manifest, check_manifest, checkpoints_in
 
 if TYPE_CHECKING:
     import torch
@@ -216,21 +222,55 @@ def _open(path: Path) -> tuple[Manifest, list[str], dict[str, str]]:
             f"{path}: a safetensors file without an EIR manifest; pass a bundle written by eirtrain "
             "(saved_models/*.safetensors)"
         )
-    return _parse_manifest(path, meta[MANIFEST_KEY]), keys, meta
+    manifest = _parse_manifest(path, meta[MANIFEST_KEY])
+    check_manifest(path, manifest)
+    return manifest, keys, meta
+
+
+def stats_keys(manifest: Manifest) -> dict[str, tuple[int, ...]]:
+    """Each statistics tensor a bundle must hold, with the shape of its entry."""
+    keys: dict[str, tuple[int, ...]] = {}
+    shapes = [("norm.input", e.name, e.shape) for e in manifest.inputs if isinstance(e, ArrayInput)]
+    shapes += [("norm.output", o.name, o.shape) for o in manifest.outputs]
+    for prefix, name, shape in shapes:
+        keys[f"{prefix}.{name}.mean"] = keys[f"{prefix}.{name}.std"] = tuple(shape)
+    return keys
+
+
+def check_stats_header(path: Path, manifest: Manifest, shapes: dict[str, tuple[str, list[int]]]) -> None:
+    """The statistics tensors' dtypes and shapes, as the file's header declares them, before any
+    is read: float32, (C, 1, 1) or the entry's (C, H, W)."""
+    for key, entry in stats_keys(manifest).items():
+        if key not in shapes:
+            raise BundleError(f"{path}: tensor {key}: missing (normalization statistics)")
+        dtype, shape = shapes[key]
+        if dtype != "F32" or tuple(shape) not in ((entry[0], 1, 1), entry):
+            raise BundleError(
+                f"{path}: tensor {key}: {dtype} {shape}, expected F32 {[entry[0], 1, 1]} or {list(entry)}"
+            )
+
+
+def _header_shapes(f: Any, keys: list[str]) -> dict[str, tuple[str, list[int]]]:
+    out = {}
+    for k in keys:
+        s = f.get_slice(k)
+        out[k] = (str(s.get_dtype()), list(s.get_shape()))
+    return out
 
 
 def _stats(
     path: Path, manifest: Manifest, get: Callable[[str], np.ndarray]
 ) -> tuple[dict[str, NormStats], dict[str, NormStats]]:
-    """The input and output statistics, each checked against its entry's shape."""
+    """The input and output statistics (their shapes checked from the header): finite values,
+    no negative spread."""
 
     def one(prefix: str, name: str, shape: tuple[int, ...], kind: str | None) -> NormStats:
-        try:
-            mean, std = get(f"{prefix}.{name}.mean"), get(f"{prefix}.{name}.std")
-        except KeyError:
-            raise BundleError(f"{path}: normalization statistics for {name!r} are missing") from None
-        if mean.shape[0] != shape[0] or std.shape != mean.shape:
-            raise BundleError(f"{path}: statistics of {name!r} do not match its shape {list(shape)}")
+        mean, std = get(f"{prefix}.{name}.mean"), get(f"{prefix}.{name}.std")
+        for part, values in (("mean", mean), ("std", std)):
+            if not np.isfinite(values).all():
+                raise BundleError(f"{path}: tensor {prefix}.{name}.{part}: holds NaN or infinite values")
+        if (std < 0).any():
+            raise BundleError(f"{path}: tensor {prefix}.{name}.std: holds negative values")
         return NormStats(kind, mean, std)
 
     ins = {
@@ -248,6 +288,7 @@ def load_bundle(path: Path) -> Bundle:
     tensors: dict[str, torch.Tensor] = {}
     try:
         with safe_open(str(path), framework="pt") as f:  # the weights: PyTorch tensors
+            check_stats_header(path, manifest, _header_shapes(f, [k for k in keys if k.startswith("norm.")]))
             for k in keys:
                 if k != GRAPH_KEY:
                     tensors[k] = f.get_tensor(k)
@@ -282,6 +323,7 @@ def load_array_bundle(path: Path) -> ArrayBundle:
     arrays: dict[str, np.ndarray] = {}
     try:
         with safe_open(str(path), framework="numpy") as f:
+            check_stats_header(path, manifest, _header_shapes(f, [k for k in keys if k.startswith("norm.")]))
             for k in keys:
                 if k == GRAPH_KEY or k.startswith("norm."):
                     arrays[k] = f.get_tensor(k)

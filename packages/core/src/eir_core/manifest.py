@@ -3,11 +3,13 @@
 Written by the trainer into the bundle's header, validated by ``load_bundle`` (a manifest
 that does not fit these models is a ``BundleError``) and read by attribute everywhere else.
 The views that the CLIs and the server show (``/info``, a working example item, the
-checkpoint file name) are derived here, once.
+checkpoint file name) are derived here, once. ``check_manifest`` holds a manifest read from a
+file to what a server can use without allocating past documented bounds (``MAX_ELEMENTS``...).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,10 +18,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from eir_core.data.tabular import NULL
+from eir_core.errors import BundleError
 from eir_core.model.spec import ModelSpec
 
 FORMAT = "eir-bundle"
 FORMAT_VERSION = 1
+MAX_ELEMENTS = 1 << 24  # of one item's input or output (a 4 096 x 4 096 image); far past the tutorial's 784
+MAX_CATEGORIES = 100_000  # per tabular column
+MAX_CATEGORY_CHARS = 1_000
+NORMALIZATIONS = (None, "channel", "element")
 
 
 class _Model(BaseModel):
@@ -222,3 +229,74 @@ def checkpoints_in(folder: Path) -> list[tuple[float, int, Path]]:
         if parsed is not None:
             found.append((parsed[1], parsed[0], p))
     return found
+
+
+def _bad(path: Path, where: str, problem: str) -> BundleError:
+    return BundleError(f"{path}: manifest field {where}: {problem}")
+
+
+def _check_shape(path: Path, where: str, shape: tuple[int, ...]) -> None:
+    if len(shape) != 3 or any(d < 1 for d in shape):
+        raise _bad(path, where, f"{list(shape)} is not a channel-first shape of 3 positive sizes")
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise _bad(path, where, f"{list(shape)} has {math.prod(shape)} elements, over the bound of {MAX_ELEMENTS}")
+
+
+def _check_dtype(path: Path, where: str, dtype: str) -> None:
+    try:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise _bad(path, where, f"{dtype!r} is not a numpy dtype") from None
+    if dt.kind not in "biuf" or dt.itemsize not in (1, 2, 4, 8) or dt.hasobject:
+        raise _bad(path, where, f"{dtype!r} is not a supported dtype (bool, integers, floats of 1-8 bytes)")
+
+
+def check_manifest(path: Path, m: Manifest) -> None:
+    """Refuse a manifest that a server could not use, or that would make it allocate past the
+    bounds (module doc), with one BundleError naming the field."""
+    for field, entries in (("inputs", m.inputs), ("outputs", m.outputs)):
+        if not entries:
+            raise _bad(path, field, "empty: a model needs at least one")
+        names = [e.name for e in entries]
+        if any(not n for n in names) or len(set(names)) != len(names):
+            raise _bad(path, field, f"names must be unique and non-empty, got {names}")
+    for i, e in enumerate(m.inputs):
+        where = f"inputs[{i}]"
+        if not 0 <= e.modality_dropout_rate <= 1:
+            raise _bad(path, f"{where}.modality_dropout_rate", f"{e.modality_dropout_rate} is not in 0..1")
+        if isinstance(e, ArrayInput):
+            _check_shape(path, f"{where}.shape", e.shape)
+            _check_dtype(path, f"{where}.dtype", e.dtype)
+            if e.normalization not in NORMALIZATIONS:
+                raise _bad(path, f"{where}.normalization", f"{e.normalization!r} is not channel, element or null")
+            continue
+        if not e.cat_columns and not e.con_columns:
+            raise _bad(path, where, "a tabular input without columns")
+        for c in e.cat_columns:
+            vocab = e.categories.get(c)
+            if not vocab or len(vocab) > MAX_CATEGORIES or len(set(vocab)) != len(vocab):
+                raise _bad(path, f"{where}.categories.{c}", f"needs 1 to {MAX_CATEGORIES} distinct categories")
+            if any(len(v) > MAX_CATEGORY_CHARS for v in vocab):
+                raise _bad(
+                    path, f"{where}.categories.{c}", f"a category is longer than {MAX_CATEGORY_CHARS} characters"
+                )
+        for c in e.con_columns:
+            mean, std = e.con_mean.get(c), e.con_std.get(c)
+            if mean is None or std is None or not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+                raise _bad(
+                    path, f"{where}.con_mean/con_std.{c}", f"needs a finite mean and a positive std, got {mean}, {std}"
+                )
+    for i, o in enumerate(m.outputs):
+        _check_shape(path, f"outputs[{i}].shape", o.shape)
+        if not _is_dtype(o.dtype) or np.dtype(o.dtype) != np.dtype("<f4"):
+            raise _bad(path, f"outputs[{i}].dtype", f"{o.dtype!r}: outputs are float32 ('<f4')")
+        if o.normalization not in NORMALIZATIONS:
+            raise _bad(path, f"outputs[{i}].normalization", f"{o.normalization!r} is not channel, element or null")
+
+
+def _is_dtype(text: str) -> bool:
+    try:
+        np.dtype(text)
+    except (TypeError, ValueError):
+        return False
+    return True

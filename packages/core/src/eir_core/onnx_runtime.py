@@ -19,6 +19,7 @@ import numpy as np
 from eir_core.bundle import ArrayBundle, GraphInput, load_array_bundle
 from eir_core.errors import BundleError
 from eir_core.inference import ArrayBatch, BatchRunner
+from eir_core.manifest import ArrayInput
 from eir_core.model.spec import timestep_key
 
 log = logging.getLogger("eir_core.onnx")
@@ -27,6 +28,21 @@ log = logging.getLogger("eir_core.onnx")
 def flat_arrays(batch: ArrayBatch, inputs: Sequence[GraphInput]) -> dict[str, np.ndarray]:
     """A NumPy batch as the graph's named inputs."""
     return {g.name: batch[g.input] if g.part is None else batch[g.input][g.part] for g in inputs}
+
+
+def _check_tensor(source: str, what: str, arg: Any, want: list[int], kind: str) -> None:
+    """An ONNX Runtime input or output against ``[batch, *want]`` of element type ``kind``."""
+    shape = list(arg.shape)
+    fixed = [d for d in shape[1:]]
+    if (
+        arg.type != kind
+        or len(shape) != 1 + len(want)
+        or any(isinstance(d, int) and d != w for d, w in zip(fixed, want))
+    ):
+        raise BundleError(
+            f"{source}: the ONNX graph's {what} is {arg.type} {shape}; the manifest says {kind} [batch, "
+            f"{', '.join(map(str, want))}]"
+        )
 
 
 class OnnxPredictor(BatchRunner):
@@ -69,6 +85,37 @@ class OnnxPredictor(BatchRunner):
         self._inputs = [g for g in meta.inputs if g.name in fed]  # the exporter drops unused inputs
         self._output_names = list(meta.outputs)
         self.threads = opts.intra_op_num_threads
+        self._check_graph(source)
+
+    def _check_graph(self, source: str) -> None:
+        """The graph's own inputs and outputs (names, element types, shapes after the batch
+        dimension) must be what its description and the manifest say, or a request that passed
+        the manifest's checks could fail inside ONNX Runtime."""
+        described = {g.name: g for g in self._inputs}
+        for i in self.session.get_inputs():
+            g = described.get(i.name)
+            if g is None:
+                raise BundleError(f"{source}: the ONNX graph's input {i.name!r} is not in its description (eir_graph)")
+            if g.input not in self.inputs:  # a diffusion output's timestep: int64, one per item
+                _check_tensor(source, f"input {i.name!r} (from {g.input!r})", i, [], "tensor(int64)")
+                continue
+            entry = self.inputs[g.input]
+            if isinstance(entry, ArrayInput):
+                want, kind = list(entry.shape), "tensor(float)"
+            else:
+                columns = entry.cat_columns if g.part == "cat" else entry.con_columns
+                want, kind = [len(columns)], "tensor(int64)" if g.part == "cat" else "tensor(float)"
+            _check_tensor(source, f"input {i.name!r} (from {g.input!r})", i, want, kind)
+        outputs = self.session.get_outputs()
+        if len(outputs) != len(self._output_names):
+            raise BundleError(
+                f"{source}: the ONNX graph has {len(outputs)} outputs, its description names "
+                f"{len(self._output_names)} ({', '.join(self._output_names)})"
+            )
+        for o, name in zip(outputs, self._output_names, strict=True):
+            _check_tensor(
+                source, f"output {o.name!r} (for {name!r})", o, list(self.outputs[name].shape), "tensor(float)"
+            )
 
     @classmethod
     def from_path(cls, path: Path | str, threads: int = 1) -> OnnxPredictor:

@@ -29,6 +29,27 @@ GRAPHS = ("eager", "torchscript", "auto")
 log = logging.getLogger("eir_core.predict")
 
 
+def _check_spec(spec: Any, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Build the manifest's network without memory (PyTorch's meta device) and compare its
+    parameters with the bundle's weights, before a real one is allocated: a spec that cannot be
+    built, or that asks for other (e.g. far larger) tensors than the file holds, is refused."""
+    try:
+        with torch.device("meta"):
+            ghost = MetaModel(spec)
+    except Exception as e:  # the spec came from a file: whatever it trips is the bundle's problem
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise BundleError(
+            f"{source}: manifest field model_spec: cannot build the network ({type(e).__name__}: {first})"
+        ) from None
+    want = {k: tuple(v.shape) for k, v in ghost.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state_dict.items()}
+    if want != have:
+        diff = sorted(set(want.items()) ^ set(have.items()))[:3]
+        raise BundleError(
+            f"{source}: weights do not match the manifest's model (e.g. {', '.join(f'{k} {list(s)}' for k, s in diff)})"
+        )
+
+
 class Predictor(BatchRunner):
     """``graph``: how the forward pass runs. "eager" is the module itself; "torchscript" traces
     and freezes it (``eir_core.graph``; checked against eager, which stays in use if the check
@@ -42,6 +63,7 @@ class Predictor(BatchRunner):
             raise ValueError(f"graph must be one of {', '.join(GRAPHS)}, not {graph!r}")
         super().__init__(bundle.manifest, bundle.input_stats, bundle.output_stats)
         self.spec = bundle.manifest.model_spec
+        _check_spec(self.spec, bundle.state_dict, source)
         model = MetaModel(self.spec)
         try:
             model.load_state_dict(bundle.state_dict, strict=True)

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from eir_core.bundle import read_manifest, resolve_bundle_path
+from eir_core.inference import Runner
 from eir_serve import __version__
 from eir_serve.auth import check_bearer, resolve_api_key
 from eir_serve.errors import (
@@ -24,6 +26,7 @@ from eir_serve.errors import (
     unhandled_error_handler,
     validation_error_handler,
 )
+from eir_serve.gate import BodyPool, GateConfig, RequestGate
 from eir_serve.grpc.server import grpc_service
 from eir_serve.metrics import Metrics, MetricsMiddleware
 from eir_serve.routes import eir, ops, v2, web
@@ -35,7 +38,9 @@ from eir_serve.settings import Settings
 log = logging.getLogger("eir_serve")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, predictor: Runner | None = None) -> FastAPI:
+    """``predictor``: the model, already loaded and checked (``runtime.load_checked``, as
+    ``eirserve`` does before it listens); without it the lifespan loads it."""
     bundle_path = resolve_bundle_path(Path(settings.model_path))
     manifest = read_manifest(bundle_path)
     runtime = resolve_runtime(settings, bundle_path)
@@ -55,8 +60,9 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         def load() -> ModelService:
-            predictor = load_predictor(settings, bundle_path, runtime)
-            service = ModelService(predictor, settings, metrics)
+            if predictor is not None:
+                return ModelService(predictor, settings, metrics)  # warmed up by load_checked
+            service = ModelService(load_predictor(settings, bundle_path, runtime), settings, metrics)
             service.warm_up()
             return service
 
@@ -67,9 +73,13 @@ def create_app(settings: Settings) -> FastAPI:
         gc.collect()
         gc.freeze()
         service.batcher.start()
+        # Large bodies are parsed and decoded here, off the event loop. One thread: the work holds
+        # the interpreter most of the time, so a second would not go faster, only take the loop's turns.
+        app.state.parse_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eirserve-parse")
         app.state.service = service
         try:
-            async with grpc_service(app.state, settings, metrics, check_call):  # grpc_port 0: no gRPC
+            # grpc_port 0: no gRPC. The key is checked from a call's metadata, before its message is read.
+            async with grpc_service(app.state, settings, metrics, check_call if api_key else None):
                 app.state.ready = True
                 log.info("serving %s on %s", bundle_path, describe(service.predictor))
                 yield
@@ -77,6 +87,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             app.state.ready = False
             await asyncio.to_thread(service.batcher.stop)
+            pool, app.state.parse_pool = app.state.parse_pool, None
+            pool.shutdown(wait=False)
 
     app = FastAPI(
         title="eirserve",
@@ -92,10 +104,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.service = None
     app.state.api_key = api_key
     app.state.draining = False
+    app.state.parse_pool = None  # the lifespan's thread for large bodies
+    app.state.body_pool = BodyPool(settings.max_inflight_body_bytes)
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)
+    app.add_middleware(RequestGate, config=GateConfig(api_key, settings.max_body_bytes, app.state.body_pool))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
     app.add_middleware(DrainingMiddleware, state=app.state)

@@ -121,16 +121,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eirserve: error: {where}: {first['msg']}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
-    try:  # cheap checks: the device, the bundle's manifest (the model itself loads in the lifespan)
-        from eir_serve.server import draining_server, http_stack
+    try:  # cheap checks first: the parser, the ports, the bundle's manifest, the runtime
+        from eir_serve.server import draining_server, http_stack, raise_file_limit
 
         parser, loop = http_stack(settings)
+        short_of_files = raise_file_limit(settings)
+        if short_of_files:
+            log.warning("%s", short_of_files)
         if settings.grpc_port:
             check_port_free(settings.host, settings.grpc_port)
-        if settings.workers == 1:  # the supervisor of --workers leaves these to its workers: no PyTorch in it
-            from eir_serve.app import create_app
+        from eir_core.bundle import load_array_bundle, resolve_bundle_path
+        from eir_serve.runtime import load_checked, resolve_runtime
 
-            app = create_app(settings)  # checks the runtime and, for PyTorch, the device
+        bundle_path = resolve_bundle_path(settings.model_path)
+        runtime = resolve_runtime(settings, bundle_path)
+        if runtime == "torch" and settings.workers == 1:  # a device PyTorch cannot use is refused now
+            from eir_core.device import resolve_device
+
+            resolve_device(settings.device)
+        if settings.workers > 1:  # the supervisor checks the bundle with NumPy alone; each worker loads it
+            from eir_core.bundle import has_graph, read_manifest
+
+            load_array_bundle(bundle_path) if has_graph(bundle_path) else read_manifest(bundle_path)
     except (EirError, ValueError) as e:
         print(f"eirserve: error: {e}", file=sys.stderr)
         return 2
@@ -145,7 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from eir_serve.workers import run_workers
 
         return run_workers(settings, port, list(sys.argv[1:] if argv is None else argv))
-    log.info("listening on http://%s:%d (answers once the model is loaded)", settings.host, port)
+    try:  # the whole bundle, loaded and run once while the port is bound but not listening
+        from eir_serve.app import create_app
+
+        app = create_app(settings, load_checked(settings, bundle_path, runtime))
+    except (EirError, ValueError) as e:
+        sock.close()
+        print(f"eirserve: error: {e}", file=sys.stderr)
+        return 2
+    log.info("listening on http://%s:%d", settings.host, port)
     log.info("HTTP: %s parser, %s event loop", parser, loop)
     server = draining_server(app, settings, port)
     server.run(sockets=[sock])

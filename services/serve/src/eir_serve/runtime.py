@@ -85,6 +85,30 @@ def load_predictor(settings: Settings, bundle_path: Path, runtime: str) -> Runne
     return Predictor.from_path(bundle_path, device=settings.device, graph=settings.graph)
 
 
+def load_checked(settings: Settings, bundle_path: Path, runtime: str) -> Runner:
+    """``load_predictor``, then one forward pass of the manifest's example item: everything about
+    the bundle is checked before the server listens. A failure is a BundleError (one line)."""
+    from eir_core.errors import BundleError, EirError
+
+    predictor = load_predictor(settings, bundle_path, runtime)
+    try:
+        out = predictor.predict([predictor.manifest.dummy_item()], [0], noise_scale=settings.noise_scale)
+    except EirError:
+        raise
+    except Exception as e:  # the graph or weights disagree with what the manifest says
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise BundleError(
+            f"{bundle_path}: the model failed its first forward pass ({type(e).__name__}: {first})"
+        ) from None
+    for i, (name, arr) in enumerate(out[0].items()):
+        want = tuple(predictor.outputs[name].shape)
+        if arr.shape != want:
+            raise BundleError(
+                f"{bundle_path}: manifest field outputs[{i}].shape: {list(want)}, but the model gives {list(arr.shape)}"
+            )
+    return predictor
+
+
 def describe(predictor: Runner) -> str:
     """``"cpu (onnxruntime, 1 thread)"``, ``"cpu (torchscript, 1 thread)"``, ``"cuda:0 (eager, …)"``."""
     if predictor.runtime == "onnxruntime":

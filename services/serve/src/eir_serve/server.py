@@ -2,12 +2,12 @@
 
 * HTTP parser and event loop: httptools and uvloop when installed (the default install has both;
   ``--http h11`` and ``--loop asyncio`` take the pure-Python ones). Measured in ``benchmarks/results/serve_load.md``.
-* Headers: uvicorn waits for request headers forever; ``timed_protocol`` closes a connection
-  whose headers are not complete ``body_timeout_s`` after their first byte (or after the
-  connection opened), answering 408 when some bytes came; the same rule for either parser.
+* Connections: ``connections.py`` bounds each one before the app sees it: time to send the
+  headers and then the body (``body_timeout_s``, whether or not a route reads the body), header
+  bytes (``max_header_bytes``, 431), and how many are open (``limit_concurrency``; the slowest
+  incomplete request makes room for a new connection). Idle keep-alive: ``keep_alive_s``.
 * Body: ``BodyTimeoutMiddleware`` gives the body ``body_timeout_s`` from the end of the headers; a
   route still reading it then gets 408 in the service's error shape, and the connection closes.
-* Open connections: uvicorn's ``limit_concurrency`` (503 past it); idle keep-alive: ``keep_alive_s``.
 * SIGTERM: ``DrainingServer`` first reports not ready for ``drain_s`` while still serving (load
   balancers take the replica out), then stops accepting and lets requests in flight finish
   (``graceful_timeout_s``). A second SIGTERM or a SIGINT stops at once.
@@ -18,25 +18,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import resource
 import signal
 import time
 from types import FrameType
 from typing import Any
 
-import h11
 import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
-try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    HAVE_HTTPTOOLS = True
-except ImportError:  # httptools not installed: h11 only
-    HAVE_HTTPTOOLS = False
-
-from eir_serve.errors import ApiError, error_body
+from eir_serve.connections import HAVE_HTTPTOOLS, OVER_CAP_SLACK, ConnectionGuard, guarded_protocol
+from eir_serve.errors import ApiError
 from eir_serve.settings import Settings
 from eir_serve.workers import supervisor_gone
 
@@ -104,108 +97,6 @@ class DrainingMiddleware:
         await send({"type": "http.response.body", "body": raw})
 
 
-def _late_headers_answer(header_timeout_s: float) -> bytes:
-    msg = f"the request headers did not arrive within {header_timeout_s:g} s"
-    raw = json.dumps(error_body("request_timeout", msg, [])).encode()
-    head = f"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {len(raw)}"
-    return head.encode() + b"\r\nconnection: close\r\n\r\n" + raw
-
-
-def timed_h11_protocol(header_timeout_s: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a deadline on each request's headers."""
-
-    class TimedH11Protocol(H11Protocol):
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._header_timer: asyncio.TimerHandle | None = None
-            self._arm()
-
-        def _arm(self) -> None:
-            # A new request's headers are awaited while self.cycle is still the previous request's.
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-            self._armed_for = self.cycle
-            self._got_bytes = False
-            self._header_timer = self.loop.call_later(header_timeout_s, self._headers_late)
-
-        def data_received(self, data: bytes) -> None:
-            if self.conn.their_state is h11.IDLE and self._armed_for is not self.cycle:
-                self._arm()
-            if self.cycle is self._armed_for:
-                self._got_bytes = True
-            super().data_received(data)
-
-        def _headers_late(self) -> None:
-            self._header_timer = None
-            if self.cycle is not self._armed_for or self.transport.is_closing():
-                return  # the headers came; the body has its own deadline, idle connections keep-alive's
-            if self._got_bytes and self.conn.their_state is h11.IDLE:
-                self.transport.write(_late_headers_answer(header_timeout_s))
-            self.transport.close()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-            super().connection_lost(exc)
-
-    return TimedH11Protocol
-
-
-def timed_httptools_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
-    """uvicorn's httptools protocol with the same deadline: armed when the connection opens and
-    at each request's first byte (the parser's message begin), disarmed when its headers end."""
-
-    class TimedHttpToolsProtocol(HttpToolsProtocol):
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._header_timer: asyncio.TimerHandle | None = None
-            self._in_headers = False
-            self._arm()
-
-        def _arm(self) -> None:
-            self._disarm()
-            self._header_timer = self.loop.call_later(header_timeout_s, self._headers_late)
-
-        def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._in_headers = True
-            self._arm()
-
-        def on_headers_complete(self) -> None:
-            self._in_headers = False
-            self._disarm()
-            super().on_headers_complete()
-
-        def _headers_late(self) -> None:
-            self._header_timer = None
-            if self.transport.is_closing():
-                return
-            if self._in_headers:
-                self.transport.write(_late_headers_answer(header_timeout_s))
-            self.transport.close()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-    return TimedHttpToolsProtocol
-
-
-def timed_protocol(header_timeout_s: float, http: str = "auto") -> type[asyncio.Protocol]:
-    """The HTTP protocol class for ``http`` ("auto": httptools when installed, else h11)."""
-    if http == "httptools" and not HAVE_HTTPTOOLS:
-        raise ValueError("--http httptools: the httptools package is not installed (pip install httptools)")
-    if http == "httptools" or (http == "auto" and HAVE_HTTPTOOLS):
-        return timed_httptools_protocol(header_timeout_s)
-    return timed_h11_protocol(header_timeout_s)
-
-
 class DrainingServer(uvicorn.Server):
     """On the first SIGTERM: not ready for ``drain_s`` (still serving), then uvicorn's graceful stop."""
 
@@ -252,19 +143,43 @@ def http_stack(settings: Settings) -> tuple[str, str]:
 
 def uvicorn_config(app: FastAPI, settings: Settings, port: int | None = None) -> uvicorn.Config:
     # log_config=None: uvicorn's loggers go through the root handler eirserve set up, in one format.
+    guard = ConnectionGuard(settings.limit_concurrency, settings.body_timeout_s, settings.max_header_bytes)
+    app.state.connections = guard
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port if port is None else port,
         log_config=None,
         log_level=settings.log_level,
-        http=timed_protocol(settings.body_timeout_s, settings.http),
+        http=guarded_protocol(guard, settings.http),
+        ws="none",
         loop=http_stack(settings)[1],
         access_log=settings.access_log,
-        limit_concurrency=settings.limit_concurrency,
+        limit_concurrency=None,  # the guard's: a connection count that slow clients cannot fill
         timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=settings.graceful_timeout_s,
+        h11_max_incomplete_event_size=settings.max_header_bytes + 4096,  # the guard's 431 comes first
     )
+
+
+FILES_BESIDE_CONNECTIONS = 256  # the model, libraries, gRPC, logs
+
+
+def raise_file_limit(settings: Settings) -> str | None:
+    """Lift the soft limit on open files to what ``limit_concurrency`` needs (the hard limit
+    allows it in containers; a shell's default soft limit is often 1024). A warning, if it cannot."""
+    need = settings.limit_concurrency + OVER_CAP_SLACK + FILES_BESIDE_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return None
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < need:
+        return (
+            f"the open-file limit is {target} (hard limit), below the {need} that --limit-concurrency "
+            f"{settings.limit_concurrency} needs: connections past it cannot be accepted; raise `ulimit -Hn`"
+        )
+    return None
 
 
 def draining_server(app: FastAPI, settings: Settings, port: int | None = None) -> DrainingServer:

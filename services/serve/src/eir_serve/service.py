@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from eir_core.errors import InputError
 from eir_core.inference import Runner
 from eir_core.manifest import ArrayInput, Manifest, TabularInput
 from eir_serve.batcher import Batcher, QueueFull
+from eir_serve.body import JsonLimits
 from eir_serve.body import read_json_body as read_json_body  # routes import it from here
 from eir_serve.codec import CodecError, decode_array, encode_array
 from eir_serve.errors import ApiError, item_error
@@ -27,6 +29,23 @@ def example_payload(manifest: Manifest) -> list[dict[str, Any]]:
     OpenAPI example and the warm-up cannot disagree."""
     item = manifest.dummy_item()
     return [{k: encode_array(v, v.dtype.str) if isinstance(v, np.ndarray) else v for k, v in item.items()}]
+
+
+def json_limits(inputs: Mapping[str, ArrayInput | TabularInput], max_items: int) -> JsonLimits:
+    """The most JSON that a request this model can answer needs, with room to spare: per item,
+    an array input's values nested as deeply as its shape (V2's ``data`` of ``[N, *shape]``),
+    a tabular column's name and value; then the request's own objects. /predict needs far less."""
+    values = containers = 0
+    for e in inputs.values():
+        if isinstance(e, ArrayInput):
+            values += math.prod(e.shape)
+            containers += sum(math.prod(e.shape[:k]) for k in range(len(e.shape)))
+        else:
+            values += 2 * (len(e.cat_columns) + len(e.con_columns))
+            containers += 2
+    per_item_containers = containers + 4
+    per_item_values = values + per_item_containers
+    return JsonLimits(values=max_items * per_item_values + 4096, containers=max_items * per_item_containers + 1024)
 
 
 class ModelService:
@@ -44,6 +63,7 @@ class ModelService:
         )
         self.inputs = predictor.inputs
         self.outputs = predictor.outputs
+        self.json_limits = json_limits(self.inputs, settings.max_items_per_request)
         self._entropy = np.random.default_rng()
 
     def _predict(

@@ -27,6 +27,15 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(1024, ge=1, description="items waiting at most; past that /predict answers 503")
     max_body_bytes: int = Field(8_000_000, ge=1024, description="larger request bodies get 413")
+    max_inflight_body_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=65536,
+        description="request bodies being received or held by requests in progress, summed over all connections; "
+        "a request whose body would go past it gets 503 with Retry-After (bodies over 64 KiB may use 3/4 of it)",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, le=1024 * 1024, description="request line plus headers at most; past it 431 and the close"
+    )
     max_items_per_request: int = Field(256, ge=1, description="larger requests get 413")
     request_timeout_s: float = Field(30.0, gt=0, description="a prediction that takes longer gets 504")
     # The default is measured (benchmarks/results/conditional_quality.md, 8x8 run 2, scales 0.5..10):
@@ -51,7 +60,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="time to receive a request's headers, and then its body; past it 408 and the close"
     )
     limit_concurrency: int = Field(
-        1000, ge=1, description="open connections plus running requests at most; past it 503 (uvicorn)"
+        2048,
+        ge=1,
+        description="open HTTP connections at most; a new one closes the one that has waited longest without "
+        "completing its request, or, when every connection is busy, gets 503",
     )
     keep_alive_s: int = Field(5, ge=1, description="an idle keep-alive connection is closed after this (uvicorn)")
     drain_s: float = Field(

@@ -99,9 +99,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         trainer = Trainer(
             cfg, TrainOptions(resume=args.resume, overwrite=args.overwrite, seed=run_seed(), no_pbar=no_pbar), dist
         )
-        trainer.setup()
-        setup_logging(trainer.run_dir, g.visualization_logging.log_level, rank)
-        code = trainer.train()
+        try:
+            trainer.setup()
+            trainer.run.record(trainer.run_dir / "logging_history.log")
+            setup_logging(trainer.run_dir, g.visualization_logging.log_level, rank)
+            code = trainer.train()
+        except BaseException as e:  # before the first checkpoint, the same command may start over
+            trainer.run.record_failure(f"{type(e).__name__}: {e}")
+            trainer.run.release()
+            raise
         together = True
         return code
     except PeerFailed as e:

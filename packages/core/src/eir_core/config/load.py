@@ -38,6 +38,7 @@ from eir_core.errors import ConfigError
 
 _INPUT_ADAPTER: TypeAdapter[Any] = TypeAdapter(InputConfig)
 MAX_YAML_BYTES = 5_000_000
+MAX_YAML_DEPTH = 64  # configs nest 4-5 levels; PyYAML's composer recurses once per level
 
 
 @dataclass(frozen=True)
@@ -49,15 +50,27 @@ class Override:
 
 
 class _NoAliasLoader(yaml.SafeLoader):
-    """SafeLoader that refuses anchors/aliases: configs never need them, bombs do."""
+    """SafeLoader that refuses anchors/aliases (configs never need them, bombs do) and nesting
+    past ``MAX_YAML_DEPTH`` (20 000 levels of ``[[[`` took the composer into a RecursionError)."""
+
+    depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]  # PyYAML's stubs leave it untyped
         if self.check_event(yaml.AliasEvent):
-            event: Any = self.peek_event()  # type: ignore[no-untyped-call]  # PyYAML's stubs leave it untyped
             raise yaml.YAMLError(
                 f"YAML aliases (*{event.anchor}) are not allowed in config files (line {event.start_mark.line + 1})"
             )
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_YAML_DEPTH:
+            raise yaml.YAMLError(
+                f"nested more than {MAX_YAML_DEPTH} levels deep (line {event.start_mark.line + 1}); "
+                "config files nest a few levels"
+            )
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -8,9 +8,11 @@ so a user learns "supported by EIR, not implemented here" instead of "unknown ke
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -32,16 +34,20 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A path a user writes: ``~`` and ``~user`` mean home folders, as in a shell (not a folder named ``~``).
+UserPath = Annotated[str, AfterValidator(os.path.expanduser)]
+
+
 # ----------------------------------------------------------------------------- globals
 
 
 class BasicExperimentConfig(Strict):
-    output_folder: str
+    output_folder: UserPath
     n_epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
     # <= 1 is a fraction of the IDs, > 1 a count (EIR casts it to int).
     valid_size: float = Field(0.1, gt=0)
-    manual_valid_ids_file: str | None = None
+    manual_valid_ids_file: UserPath | None = None
     dataloader_workers: int = Field(0, ge=0)
     device: str = "cpu"  # deprecated in EIR; accelerator.hardware decides
     memory_dataset: bool = False
@@ -179,7 +185,7 @@ INPUT_TYPES = ("omics", "tabular", "sequence", "image", "bytes", "array")
 
 
 class InputInfo(Strict):
-    input_source: str
+    input_source: UserPath
     input_name: str
     input_type: Literal["omics", "tabular", "sequence", "image", "bytes", "array"]
     input_inner_key: str | None = None
@@ -252,7 +258,7 @@ InputConfig = Annotated[
 
 
 class OutputInfo(Strict):
-    output_source: str
+    output_source: UserPath
     output_name: str
     output_type: Literal["tabular", "sequence", "array", "image", "survival"]
     output_inner_key: str | None = None

@@ -178,6 +178,36 @@ def _naming(where: str, path: str) -> Iterator[None]:
         ) from None
 
 
+def _some(ids: set[str], n: int = 3) -> str:
+    return ", ".join(repr(i) for i in sorted(ids)[:n]) or "none"
+
+
+def check_values(src: ArraySource, x: np.ndarray, rows: np.ndarray) -> None:
+    """Refuse training arrays that cannot train: an infinite value (the file is named), or an
+    element that is NaN (missing) in every one of them (the whole source when all are). NaN
+    elsewhere marks a missing value, which normalization imputes."""
+    if x.dtype.kind != "f" or not len(x):
+        return
+    seen = np.zeros(x.shape[1:], dtype=bool)  # element has a number in some sample
+    for s in range(0, len(x), LOAD_CHUNK):
+        part = x[s : s + LOAD_CHUNK]
+        inf = np.isinf(part).reshape(len(part), -1).any(axis=1)
+        if inf.any():
+            raise DataError(
+                f"{src.paths[rows[s + int(np.argmax(inf))]]}: holds an infinite value; training arrays must be finite "
+                "(NaN marks a missing value)"
+            )
+        seen |= (~np.isnan(part)).any(axis=0)
+    if not seen.any():
+        raise DataError(f"{src.source}: every value of its {len(x)} training arrays is NaN; there is nothing to learn")
+    if not seen.all():
+        where = tuple(int(i) for i in np.argwhere(~seen)[0])
+        raise DataError(
+            f"{src.source}: element {where} (channel, row, column) is NaN in all {len(x)} training arrays; "
+            "there is nothing to learn there"
+        )
+
+
 def _rows_for(ids: list[str], lookup: dict[str, int]) -> np.ndarray:
     return np.array([lookup.get(i, -1) for i in ids], dtype=np.int64)
 
@@ -225,6 +255,14 @@ def build_run_data(cfg: ExperimentConfig, seed: int, fitted: dict[str, object] |
             input_ids[ic.name] = set(tables[ic.name].ids)
         else:
             input_ids[ic.name] = set(source(ic.input_info.input_source, _where(ic.name)).ids)
+    known = set(universe)
+    for ic in cfg.input_configs:
+        if input_ids[ic.name].isdisjoint(known):
+            raise DataError(
+                f"input {ic.name!r}: none of the {len(input_ids[ic.name])} IDs of {ic.input_info.input_source} "
+                f"(e.g. {_some(input_ids[ic.name])}) is a sample ID of the outputs (e.g. {_some(known)}); "
+                "IDs are matched as text: array file names without .npy, the ID column of a CSV"
+            )
     anywhere = set().union(*input_ids.values())
     with_any = universe if anywhere.issuperset(universe) else [i for i in universe if i in anywhere]
     dropped = len(universe) - len(with_any)
@@ -263,7 +301,9 @@ def build_run_data(cfg: ExperimentConfig, seed: int, fitted: dict[str, object] |
         if key not in stats_cache:
             train_rows = rows[train_idx]
             train_rows = train_rows[train_rows >= 0][: max_n or None]
-            stats_cache[key] = compute_stats(src.read(train_rows), kind)
+            values = src.read(train_rows)
+            check_values(src, values, train_rows)
+            stats_cache[key] = compute_stats(values, kind)
             if kind and float(stats_cache[key].std.min()) < 1e-10:
                 log.warning("%s: a standard deviation is ~0; normalized values may be large", src.source)
         return stats_cache[key]

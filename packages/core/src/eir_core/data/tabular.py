@@ -70,7 +70,7 @@ def read_table(source: Path, cat_columns: list[str], con_columns: list[str]) -> 
     if not source.is_file():
         raise DataError(f"{source}: tabular input file not found")
     try:
-        with source.open(newline="", encoding="utf-8") as f:
+        with source.open(newline="", encoding="utf-8-sig") as f:  # a BOM (Excel's UTF-8 CSV) is not a name
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             if "ID" not in header:
@@ -108,20 +108,30 @@ def read_table(source: Path, cat_columns: list[str], con_columns: list[str]) -> 
                     f"{source}: column {c!r} line {i + 2}: {text!r} is not a number; "
                     "list the column under input_cat_columns if it is categorical"
                 ) from None
+            if np.isinf(vals[i]):
+                raise DataError(
+                    f"{source}: column {c!r} line {i + 2}: {text!r} is not a finite number "
+                    "(leave the cell empty for a missing value)"
+                )
         table.con[c] = vals
     return table
 
 
 def fit_encoding(table: TabularTable, train_rows: np.ndarray) -> TabularEncoding:
-    """Vocabularies and standardization from the training rows of ``table``."""
+    """Vocabularies and standardization from the training rows of ``table``; a column with no
+    value in any of them is refused (it would train on a constant)."""
     categories: dict[str, list[str]] = {}
     for c, values in table.cat.items():
+        if len(train_rows) and all(values[i] == NULL for i in train_rows):
+            raise DataError(f"{table.source}: column {c!r} is empty in every training row")
         vocab = {values[i] for i in train_rows} | {NULL}
         categories[c] = sorted(vocab)
     mean: dict[str, float] = {}
     std: dict[str, float] = {}
     for c, con_values in table.con.items():
         v = con_values[train_rows]
+        if len(v) and not np.isfinite(v).any():
+            raise DataError(f"{table.source}: column {c!r} has no number in any training row (all empty or NaN)")
         m = float(np.nanmean(v)) if np.isfinite(v).any() else 0.0
         s = float(np.nanstd(v)) if np.isfinite(v).any() else 1.0
         mean[c], std[c] = m, (s if s > 0 else 1.0)

@@ -6,6 +6,7 @@ drawing never holds up training.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,19 +33,26 @@ def _write_csv(path: Path, header: str, rows: list[tuple[Any, ...]]) -> None:
 
 
 class Artifacts:
-    def __init__(self, run_dir: Path, renderer: Renderer, plot_skip_steps: int = 0) -> None:
+    def __init__(
+        self, run_dir: Path, renderer: Renderer, record: Callable[[Path], None], plot_skip_steps: int = 0
+    ) -> None:
         self.run_dir = run_dir
+        self.record = record  # the run's journal of the files it writes (RunFolder.record)
         self.renderer = renderer
         self.skip = plot_skip_steps
 
     def write_histories(self, h: Histories) -> None:
         """The CSV logs EIR writes, then their curves."""
         d = self.run_dir
-        _write_csv(d / "train_average_history.log", "iteration,loss-average", list(h.train))
-        _write_csv(d / "validation_average_history.log", "iteration,loss-average,perf-average", list(h.valid))
+        self._csv(d / "train_average_history.log", "iteration,loss-average", list(h.train))
+        self._csv(d / "validation_average_history.log", "iteration,loss-average,perf-average", list(h.valid))
         for n, rows in h.outputs.items():
-            _write_csv(self._output_dir(n) / f"validation_{n}_history.log", f"iteration,{n}_loss", list(rows))
+            self._csv(self._output_dir(n) / f"validation_{n}_history.log", f"iteration,{n}_loss", list(rows))
         self._curves(h)
+
+    def _csv(self, path: Path, header: str, rows: list[tuple[Any, ...]]) -> None:
+        self.record(path)
+        _write_csv(path, header, rows)
 
     def _output_dir(self, name: str) -> Path:
         return self.run_dir / "results" / name / name
@@ -62,6 +70,7 @@ class Artifacts:
         for n, rows in h.outputs.items():
             curves.append((self._output_dir(n) / "training_curve_LOSS.png", [], list(rows), f"{n} validation MSE"))
         for path, tr, va, title in curves:
+            self.record(path)
             self.renderer.submit("curve", path=str(path), train=tr, valid=va, title=title, skip=self.skip)
 
     def plot_latents(self, data: RunData, iteration: int, layer: str, ids: list[str]) -> None:
@@ -70,11 +79,14 @@ class Artifacts:
         folder = self.run_dir / "latents" / "latent_outputs" / str(iteration) / layer
         title = f"t-SNE of {layer} at iteration {iteration} ({len(ids)} validation samples)"
         title += f", coloured by {by}" if by else ""
+        pictures = [folder / "tsne.png", self.run_dir / "latents_visualization_tsne.png"]
+        for p in pictures:
+            self.record(p)
         self.renderer.submit(
             "tsne",
             batches=[str(p) for p in sorted(folder.glob("batch_*.npy"))],
             labels=labels,
-            paths=[str(folder / "tsne.png"), str(self.run_dir / "latents_visualization_tsne.png")],
+            paths=[str(p) for p in pictures],
             title=title,
         )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,13 @@ class CheckpointKeeper:
     folder: Path
     run_name: str
     n_keep: int
+    owns: Callable[[Path], bool]  # whether the run's journal records writing a file
+    removed: Callable[[Path], None]  # records a removal in it
     kept: list[tuple[float, int, Path]] = field(default_factory=list)  # (perf, iter, path)
 
     def scan(self) -> None:
-        self.kept = checkpoints_in(self.folder)
+        """The checkpoints this run wrote (a file copied into ``saved_models/`` is not one)."""
+        self.kept = [k for k in checkpoints_in(self.folder) if self.owns(k[2])]
 
     def is_better(self, perf: float) -> bool:
         if len(self.kept) < self.n_keep:
@@ -61,6 +65,7 @@ class CheckpointKeeper:
                     self.n_keep,
                 )
                 k[2].unlink(missing_ok=True)
+                self.removed(k[2])
         self.kept = keep
 
 

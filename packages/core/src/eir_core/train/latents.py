@@ -7,6 +7,7 @@ arrays (fields ``Latent`` float64 and ``ID``), in chunks of ``batch_size_for_sav
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,12 @@ from eir_core.errors import ConfigError
 
 
 class LatentRecorder:
-    def __init__(self, model: nn.Module, cfg: LatentSamplingConfig | None, run_dir: Path) -> None:
+    def __init__(
+        self, model: nn.Module, cfg: LatentSamplingConfig | None, run_dir: Path, record: Callable[[Path], None]
+    ) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
+        self.record = record  # the run's journal of the files it writes (RunFolder.record)
         self.modules: dict[str, nn.Module] = {}
         self.buffers: dict[str, list[np.ndarray]] = {}
         self.ids: list[str] = []
@@ -83,5 +87,6 @@ class LatentRecorder:
                 rec = np.empty(min(step, n - s), dtype=dtype)
                 rec["Latent"] = latent[s : s + step]
                 rec["ID"] = ids[s : s + step]
+                self.record(out / f"batch_{k:05d}.npy")
                 np.save(out / f"batch_{k:05d}.npy", rec, allow_pickle=False)
             self.last[name] = (latent, ids)

@@ -9,7 +9,7 @@ given are imputed, so a label alone generates a digit). Each item: ``<i>_generat
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +39,12 @@ class SampleWriter:
         seed: int,
         run_dir: Path,
         renderer: Renderer,
+        record: Callable[[Path], None],
     ) -> None:
         self.data = data
         self.seed = seed
         self.run_dir = run_dir
+        self.record = record  # the run's journal of the files it writes (RunFolder.record)
         self.renderer = renderer
         self.level = detail_level
         n_eval = max((oc.sampling_config.n_eval_inputs for oc in output_configs), default=0)
@@ -164,15 +166,18 @@ class SampleWriter:
         array_inputs = [n for n, c in self.data.inputs.items() if isinstance(c, ArrayColumn)]
         for k, (item, gen, sid) in enumerate(zip(items, generated, ids, strict=True)):
             i = start + k
+            self.record(folder / f"{i}_generated.npy")
             np.save(folder / f"{i}_generated.npy", gen.astype(np.float32))
             inp_dir = folder / f"{i}_inputs"
             inp_dir.mkdir(exist_ok=True)
             saved = {}
             for name, value in item.items():
                 if isinstance(value, np.ndarray):
+                    self.record(inp_dir / f"{name}.npy")
                     np.save(inp_dir / f"{name}.npy", value)
                     saved[name] = f"{i}_inputs/{name}.npy"
                 else:
+                    self.record(inp_dir / f"{name}.json")
                     (inp_dir / f"{name}.json").write_text(json.dumps(value))
                     saved[name] = f"{i}_inputs/{name}.json"
             meta[sid] = {"generated": f"{i}_generated.npy", "inputs": saved, "index": i}
@@ -180,11 +185,14 @@ class SampleWriter:
             shown = [item[n] for n in array_inputs if isinstance(item.get(n), np.ndarray)]
             pics = [np.asarray(s, np.float32).reshape(gen.shape) for s in shown] + [gen]
             rows.append((label or sid, pics))
+        self.record(folder / "meta.json")
         (folder / "meta.json").write_text(json.dumps(meta, indent=1))
         n_cols = max(len(r[1]) for r in rows)
         rows = [(lab, pics + [pics[-1]] * (n_cols - len(pics))) for lab, pics in rows]
         titles = (["input"] * (n_cols - 1)) + ["generated"]
-        arrays = folder / ".grid_arrays.npz"
+        arrays = folder / ".grid_arrays.npz"  # the renderer deletes it once drawn
+        self.record(arrays)
+        self.record(folder / "grid.png")
         np.savez(arrays, **{f"{i}_{k}": p for i, (_, pics) in enumerate(rows) for k, p in enumerate(pics)})
         self.renderer.submit(
             "grid",

@@ -83,7 +83,9 @@ class Saver:
             path = self.run.saved_models / checkpoint_name(manifest.run_name, t.iteration, t.perf_average)
             b = self.bundle(model, manifest)
             graph = self._graph(model, b) if final else None
+            self.run.record(path)
             save_bundle(path, b.manifest, b.state_dict, b.input_stats, b.output_stats, graph)
+            self.run.record_saved(path)
             self.keeper.add(path, t.iteration, t.perf_average, protect=final)
             log.info("checkpoint: %s", path.name)
             if final and graph is not None:
@@ -126,4 +128,6 @@ class Saver:
         rng: np.random.Generator,
         rng_by_rank: list[object] | None,
     ) -> None:
+        self.run.record(self.run.resume_state)
         resume.save(self.run.resume_state, model, optimizer, state, schedule, rng, self.dist, rng_by_rank)
+        self.run.record_saved(self.run.resume_state)

@@ -3,6 +3,7 @@ and the resolved configs and model description written into the run folder."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -132,13 +133,17 @@ def diffusion_info(cfg: ExperimentConfig, oc: OutputConfig) -> DiffusionInfo | N
     )
 
 
-def write_run_description(cfg: ExperimentConfig, run_dir: Path, model_text: str, n_params: int) -> None:
+def write_run_description(
+    cfg: ExperimentConfig, run_dir: Path, model_text: str, n_params: int, record: Callable[[Path], None]
+) -> None:
     """``configs/*.yaml`` (the resolved configs, as EIR writes them) and
     ``model_architecture/model_info.txt``."""
     d = run_dir / "configs"
     d.mkdir(exist_ok=True)
     dump = cfg.model_dump(mode="json", by_alias=True)
     for key in ("global_config", "input_configs", "output_configs", "fusion_config"):
+        record(d / f"{key}.yaml")
         (d / f"{key}.yaml").write_text(yaml.safe_dump(dump[key], sort_keys=False))
     (run_dir / "model_architecture").mkdir(exist_ok=True)
+    record(run_dir / "model_architecture" / "model_info.txt")
     (run_dir / "model_architecture" / "model_info.txt").write_text(f"{model_text}\n\nparameters: {n_params}\n")

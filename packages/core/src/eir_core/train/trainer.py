@@ -108,19 +108,28 @@ class Trainer:
 
         self.spec = build_model_spec(cfg, self.data)
         self.model = MetaModel(self.spec).to(self.device)
-        self.latents = LatentRecorder(self.model, g.latent_sampling, self.run_dir)
+        record = self.run.record
+        self.latents = LatentRecorder(self.model, g.latent_sampling, self.run_dir, record)
         self.drop_last = n_train >= self.batch_size
         self.iters_per_epoch = n_train // self.batch_size if self.drop_last else 1
         self.total_iters = self.iters_per_epoch * g.basic_experiment.n_epochs
         self.optimizer = build_optimizer(self.model, g.optimization)
         self.schedule = LRSchedule(self.optimizer, g.lr_schedule, g.optimization, self.total_iters)
         self.renderer = Renderer()
-        self.artifacts = Artifacts(self.run_dir, self.renderer, g.visualization_logging.plot_skip_steps)
+        self.artifacts = Artifacts(self.run_dir, self.renderer, record, g.visualization_logging.plot_skip_steps)
         ec = g.evaluation_checkpoint
         self.samples = SampleWriter(
-            self.data, cfg.output_configs, ec.saved_result_detail_level, self.opts.seed, self.run_dir, self.renderer
+            self.data,
+            cfg.output_configs,
+            ec.saved_result_detail_level,
+            self.opts.seed,
+            self.run_dir,
+            self.renderer,
+            record,
         )
-        keeper = CheckpointKeeper(self.run.saved_models, self.run_name, ec.n_saved_models)
+        keeper = CheckpointKeeper(
+            self.run.saved_models, self.run_name, ec.n_saved_models, self.run.owns, self.run.record_removed
+        )
         self.saver = Saver(cfg, self.data, self.spec, self.run, keeper, dist, self.opts.seed, self.batch_size)
         dropout = {ic.name: ic.input_type_info.modality_dropout_rate for ic in cfg.input_configs}
         self.batches = BatchMaker(self.data, self.device, dropout, rng, noise_schedules(cfg))
@@ -140,7 +149,7 @@ class Trainer:
                 torch.manual_seed(self.opts.seed * 1000 + 7919 * dist.rank)
         n_params = sum(p.numel() for p in self.model.parameters())
         if dist.is_main:
-            write_run_description(cfg, self.run_dir, str(self.model), n_params)
+            write_run_description(cfg, self.run_dir, str(self.model), n_params, record)
         log.info(
             "model: %d parameters on %s; %d iterations (%d per epoch)",
             n_params,

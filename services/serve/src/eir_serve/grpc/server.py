@@ -1,18 +1,28 @@
 """The protocol's ``GRPCInferenceService`` on ``--grpc-port``, beside the HTTP server.
 
 It shares everything with HTTP: the ModelService and its batcher (gRPC and HTTP items land in
-the same forward passes), the checks and tensors of protocol.py, the body limit (gRPC's receive
-limit is ``max_body_bytes``) and the metrics (``eir_requests_total{route="/inference.
-GRPCInferenceService/ModelInfer", status="OK"}``). Errors are gRPC status codes with the same
-messages as HTTP's ``{"error": ...}``: INVALID_ARGUMENT (400), NOT_FOUND (404), RESOURCE_EXHAUSTED
-(413), UNAVAILABLE (503), DEADLINE_EXCEEDED (504). Answers carry ``raw_output_contents``.
+the same forward passes), the checks and tensors of protocol.py, and the metrics
+(``eir_requests_total{route="/inference.GRPCInferenceService/ModelInfer", status="OK"}``; a call
+the client cancelled or whose deadline passed counts as ``CANCELLED`` or ``DEADLINE_EXCEEDED``).
+Errors are gRPC status codes with the same messages as HTTP's ``{"error": ...}``:
+INVALID_ARGUMENT (400), NOT_FOUND (404), RESOURCE_EXHAUSTED (413), UNAVAILABLE (503),
+DEADLINE_EXCEEDED (504). Answers carry ``raw_output_contents``.
 
-Every call passes through ``InferenceServicer._call``: the one place where a per-call check
-(``check_call``, e.g. an API key in the call's metadata) runs before the method.
+Bounds, all from the same settings as HTTP's (``grpc_limits``): a message may be as large as the
+largest request the model can answer (``--max-items-per-request`` items in the widest encoding),
+and no larger than ``--max-body-bytes``; calls at once are capped so that their messages hold
+about ``--max-inflight-body-bytes`` at most (``maximum_concurrent_rpcs``: past it
+RESOURCE_EXHAUSTED before the message is read); metadata is capped at ``--max-header-bytes``.
+
+A per-call check (``check_call``, e.g. the API key in the call's metadata) runs in an interceptor
+when the call's metadata has arrived and before its message is read: a refused call never has
+its message received, let alone parsed. A message that is not valid protobuf is
+INVALID_ARGUMENT with one log line (at most one per ``LOG_EVERY_S``, counting the others).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -26,6 +36,16 @@ from eir_serve import __version__, protocol
 from eir_serve.errors import ApiError
 from eir_serve.grpc import grpc_predict_v2_pb2 as pb
 from eir_serve.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+from eir_serve.grpc.bounds import (
+    LOG_EVERY_S,
+    STATUS,
+    CallCheck,
+    CheckBeforeMessage,
+    Malformed,
+    RareLog,
+    grpc_limits,
+    safe_parser,
+)
 from eir_serve.metrics import Metrics
 from eir_serve.ports import GrpcPortError
 from eir_serve.protocol import RequestTensor, TensorSpec, bad
@@ -35,22 +55,9 @@ from eir_serve.settings import Settings
 log = logging.getLogger("eir_serve.grpc")
 T = TypeVar("T")
 SERVICE = "inference.GRPCInferenceService"
-# A per-call check: gets the call's metadata (lower-case keys), raises ApiError (e.g. 401) to refuse.
-CallCheck = Callable[[Mapping[str, str]], None]
 # The calls ``check_call`` guards: inference. Health, readiness and metadata stay open for probes.
 GUARDED = frozenset({"ModelInfer"})
 
-STATUS = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    415: grpc.StatusCode.INVALID_ARGUMENT,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
 # Which typed field of InferTensorContents holds each datatype (the protocol's table).
 CONTENTS = {
     "BOOL": "bool_contents",
@@ -69,27 +76,37 @@ CONTENTS = {
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, state: Any, metrics: Metrics, check_call: CallCheck | None = None) -> None:
+    def __init__(self, state: Any, metrics: Metrics) -> None:
         self.state = state  # the app's state: .service and .ready, as the HTTP routes see them
         self.metrics = metrics
-        self.check_call = check_call
+        self.malformed = RareLog(LOG_EVERY_S)
 
-    async def _call(self, method: str, context: grpc.aio.ServicerContext, run: Callable[[], Awaitable[T]]) -> T:
+    def count(self, method: str, status: grpc.StatusCode, t0: float) -> None:
+        route = f"/{SERVICE}/{method}"
+        self.metrics.requests.labels(route, status.name).inc()
+        self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
+
+    async def _call(
+        self, method: str, context: grpc.aio.ServicerContext, request: Any, run: Callable[[], Awaitable[T]]
+    ) -> T:
         t0, status = time.perf_counter(), grpc.StatusCode.OK
         try:
-            if self.check_call is not None and method in GUARDED:
-                self.check_call({k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)})
+            if isinstance(request, Malformed):
+                self.malformed.warning(f"gRPC {method}: the request is not a valid protobuf message ({request.error})")
+                raise bad(f"the request is not a valid {method}Request protobuf message")
             return await run()
         except ApiError as e:
             status = STATUS.get(e.status, grpc.StatusCode.INTERNAL)
             message = e.message
+        except asyncio.CancelledError:  # the client cancelled, or its deadline passed: nobody waits
+            left = context.time_remaining()
+            status = grpc.StatusCode.DEADLINE_EXCEEDED if left is not None and left <= 0 else grpc.StatusCode.CANCELLED
+            raise
         except Exception:  # never a crashed call without an answer; the log has the traceback
             log.exception("gRPC %s failed", method)
             status, message = grpc.StatusCode.INTERNAL, "the server failed; see its log"
         finally:
-            route = f"/{SERVICE}/{method}"
-            self.metrics.requests.labels(route, status.name).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
+            self.count(method, status, t0)
         await context.abort(status, message)
         raise AssertionError("unreachable: abort raises")
 
@@ -103,13 +120,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def run() -> pb.ServerLiveResponse:
             return pb.ServerLiveResponse(live=True)
 
-        return await self._call("ServerLive", context, run)
+        return await self._call("ServerLive", context, request, run)
 
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
         async def run() -> pb.ServerReadyResponse:
             return pb.ServerReadyResponse(ready=bool(self.state.ready))
 
-        return await self._call("ServerReady", context, run)
+        return await self._call("ServerReady", context, request, run)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         async def run() -> pb.ModelReadyResponse:
@@ -123,13 +140,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 return pb.ModelReadyResponse(ready=False)
             return pb.ModelReadyResponse(ready=bool(self.state.ready))
 
-        return await self._call("ModelReady", context, run)
+        return await self._call("ModelReady", context, request, run)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
         async def run() -> pb.ServerMetadataResponse:
             return pb.ServerMetadataResponse(name="eirserve", version=__version__, extensions=protocol.EXTENSIONS)
 
-        return await self._call("ServerMetadata", context, run)
+        return await self._call("ServerMetadata", context, request, run)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         async def run() -> pb.ModelMetadataResponse:
@@ -150,7 +167,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 outputs=meta(protocol.output_specs(service)),
             )
 
-        return await self._call("ModelMetadata", context, run)
+        return await self._call("ModelMetadata", context, request, run)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         async def run() -> pb.ModelInferResponse:
@@ -167,7 +184,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 answer.raw_output_contents.append(protocol.to_raw(arr, "FP32"))
             return answer
 
-        return await self._call("ModelInfer", context, run)
+        return await self._call("ModelInfer", context, request, run)
 
 
 def _parameter(params: Mapping[str, pb.InferParameter], key: str) -> Any:
@@ -221,6 +238,28 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+METHODS: dict[str, tuple[Any, Any]] = {  # name: (request, response) message classes
+    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
+    "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
+    "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
+    "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+    "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+}
+
+
+def _handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """What protoc's ``add_GRPCInferenceServiceServicer_to_server`` registers, with a parser that
+    turns bytes that are not the message into ``Malformed`` instead of an exception (which grpc
+    logs with a traceback per call and answers UNKNOWN)."""
+    return {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name), request_deserializer=safe_parser(req), response_serializer=resp.SerializeToString
+        )
+        for name, (req, resp) in METHODS.items()
+    }
+
+
 @asynccontextmanager
 async def grpc_service(
     state: Any, settings: Settings, metrics: Metrics, check_call: CallCheck | None = None
@@ -230,16 +269,24 @@ async def grpc_service(
     if not settings.grpc_port:
         yield None
         return
+    limits = grpc_limits(getattr(state, "service", None), settings)
+    servicer = InferenceServicer(state, metrics)
     server = grpc.aio.server(
+        interceptors=[CheckBeforeMessage(check_call, GUARDED, {m: r for m, (_, r) in METHODS.items()}, servicer.count)]
+        if check_call is not None
+        else [],
         options=[
-            ("grpc.max_receive_message_length", settings.max_body_bytes),
-            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_answer_bytes),
+            ("grpc.max_metadata_size", settings.max_header_bytes),
             # A second server on a taken port must fail, not share it, unless sharing is the point.
             ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
-        ]
+        ],
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
-    servicer = InferenceServicer(state, metrics, check_call)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]  # protoc output
+    state.grpc_limits = limits
+    handler = grpc.method_handlers_generic_handler(SERVICE, _handlers(servicer))
+    server.add_generic_rpc_handlers((handler,))
     address = _address(settings.host, settings.grpc_port)
     try:
         port = server.add_insecure_port(address)
@@ -247,7 +294,12 @@ async def grpc_service(
         raise GrpcPortError(f"cannot serve gRPC on {address} ({e}); pick another --grpc-port, 0 for none") from None
     await server.start()
     state.grpc_port = port
-    log.info("gRPC (Open Inference Protocol) on %s", address)
+    log.info(
+        "gRPC (Open Inference Protocol) on %s: messages up to %d bytes, %d calls at once",
+        address,
+        limits.max_message_bytes,
+        limits.max_concurrent_rpcs,
+    )
     try:
         yield port
     finally:

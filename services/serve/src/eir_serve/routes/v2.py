@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,9 +24,10 @@ from pydantic import ValidationError
 
 from eir_serve import __version__, protocol
 from eir_serve.auth import require_api_key
-from eir_serve.body import parse_json, read_body
+from eir_serve.body import off_loop, parse_json, read_body
 from eir_serve.deps import ServiceDep
 from eir_serve.errors import ApiError
+from eir_serve.gate import ascii_int, coding_of
 from eir_serve.protocol import RequestTensor, TensorSpec, bad
 from eir_serve.schemas.v2 import (
     InferRequest,
@@ -113,15 +115,40 @@ async def _ready(service: ModelService, name: str, version: str | None, request:
     return ReadyResponse(ready=True)
 
 
+@dataclass(frozen=True)
+class _Decoded:
+    """An infer request, checked and decoded into /predict's items."""
+
+    id: str | None
+    items: list[dict[str, Any]]
+    seed: int | None
+    noise_scale: float | None
+    outputs: list[TensorSpec]
+    binary: dict[str, bool]
+
+
 async def _infer(service: ModelService, name: str, version: str | None, request: Request) -> Response:
     protocol.check_model(service, name, version)
-    limit = service.settings.max_body_bytes
-    body = _decompress(await read_body(request, limit), request.headers.get("content-encoding"), limit)
-    header, binary = _split(body, request.headers.get(HEADER_LENGTH))
+    body = await read_body(request, service.settings.max_body_bytes)
+    pool = request.app.state.parse_pool  # a large body is decoded off the event loop
+    headers = request.headers
+    d = await off_loop(
+        pool, len(body), _decode, service, body, headers.get("content-encoding"), headers.get(HEADER_LENGTH)
+    )
+    arrays = await protocol.infer(service, d.items, d.seed, d.outputs, d.noise_scale)
+    size = sum(a.size for a in arrays.values()) * 8  # about the bytes of a JSON answer
+    return await off_loop(pool, size, _answer, name, d.id, arrays, d.binary)
+
+
+def _decode(service: ModelService, body: bytes, encoding: str | None, header_length: str | None) -> _Decoded:
+    body = _decompress(body, encoding, service.settings.max_body_bytes)
+    header, binary = _split(body, header_length)
     try:  # the same strict, bounded JSON reader as every other route
-        raw = parse_json(header)
+        raw = parse_json(header, service.json_limits)
     except ApiError as e:
-        raise bad("body: " + (e.details[0]["message"] if e.details else e.message)) from None
+        raise ApiError(
+            413 if e.status == 413 else 400, e.code, "body: " + (e.details[0]["message"] if e.details else e.message)
+        ) from None
     try:
         req = InferRequest.model_validate(raw)
     except ValidationError as e:
@@ -132,8 +159,7 @@ async def _infer(service: ModelService, name: str, version: str | None, request:
     outputs = protocol.requested_outputs(service, [o.name for o in req.outputs or []])
     binary_out = _binary_outputs(req, outputs, params.get("binary_data_output", False))
     items = protocol.decode_inputs(service, _request_tensors(req.inputs, binary))
-    arrays = await protocol.infer(service, items, seed, outputs, noise_scale)
-    return _answer(name, req.id, arrays, binary_out)
+    return _Decoded(req.id, items, seed, noise_scale, outputs, binary_out)
 
 
 def _describe(e: ValidationError) -> str:
@@ -144,28 +170,36 @@ def _describe(e: ValidationError) -> str:
 
 
 def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """gzip/deflate bodies (tritonclient's request_compression_algorithm), bounded by ``limit``."""
-    if encoding in (None, "", "identity"):
+    """gzip/deflate bodies (tritonclient's request_compression_algorithm), bounded by ``limit``
+    once inflated and checked whole: the stream must end (gzip: with its CRC and length trailer,
+    deflate: with zlib's checksum), be one gzip member, and nothing may follow it."""
+    try:
+        coding = coding_of(encoding)
+    except ValueError as e:
+        raise ApiError(415, "unsupported_encoding", str(e)) from None
+    if coding == "identity":
         return body
-    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
-    if wbits is None:
-        raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r}: use gzip, deflate or none")
-    d = zlib.decompressobj(wbits)
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS)
     try:
         out = d.decompress(body, limit + 1)
     except zlib.error as e:
-        raise bad(f"body is not valid {encoding} ({e})") from None
+        raise bad(f"body is not valid {coding} ({e})") from None
     if len(out) > limit:
         raise ApiError(413, "body_too_large", f"decompressed body is over the limit of {limit} bytes")
+    if not d.eof:
+        raise bad(f"body is not valid {coding}: the compressed stream is cut short (no end or checksum)")
+    if d.unused_data:
+        what = "a second gzip member" if coding == "gzip" and d.unused_data[:2] == b"\x1f\x8b" else "bytes"
+        raise bad(f"body is not valid {coding}: {what} after the end of the compressed stream")
     return out
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    if not header_length.strip().isdigit() or int(header_length) > len(body):
+    n = ascii_int(header_length)
+    if n is None or n > len(body):
         raise bad(f"{HEADER_LENGTH} {header_length!r}: expected the JSON header's size, at most {len(body)} bytes")
-    n = int(header_length)
     return body[:n], body[n:]
 
 

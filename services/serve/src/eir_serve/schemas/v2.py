@@ -7,11 +7,12 @@ output) and ``binary_data_size`` (input or output tensor, binary tensor data ext
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 ParameterValue = StrictBool | StrictInt | StrictFloat | StrictStr
+Dimension = Annotated[StrictInt, Field(ge=0)]  # a JSON integer: not "1", 1.0 or true
 Parameters = dict[str, ParameterValue]
 
 
@@ -25,7 +26,7 @@ class InferTensor(_Lenient):
     follow the JSON header (``parameters.binary_data_size``)."""
 
     name: StrictStr
-    shape: list[NonNegativeInt]
+    shape: list[Dimension]
     datatype: StrictStr = Field(description="BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64 or BYTES")
     parameters: Parameters | None = None
     data: list[Any] | None = None
