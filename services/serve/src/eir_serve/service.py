@@ -263,7 +263,12 @@ class ModelService:
         disconnected: Any,
     ) -> list[dict[str, np.ndarray]]:
         assert isinstance(self.batcher, StepBatcher)
-        req = self.batcher.submit_nowait(items, seeds, scales, params)
+        try:
+            req = self.batcher.submit_nowait(items, seeds, scales, params)
+        except BaseException:
+            if disconnected is not None:
+                disconnected.close()  # never awaited: the request did not start
+            raise
         watcher = asyncio.ensure_future(disconnected) if disconnected is not None else None
         try:
             if watcher is not None:

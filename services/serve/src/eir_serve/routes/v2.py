@@ -83,7 +83,26 @@ def model_metadata(service: ModelService, name: str, version: str | None) -> Mod
         platform=protocol.PLATFORM,
         inputs=meta(protocol.input_specs(service)),
         outputs=meta(protocol.output_specs(service)),
+        parameters=_sampling_parameters(service),
     )
+
+
+def _sampling_parameters(service: ModelService) -> dict[str, str | int | float | bool] | None:
+    """/info's ``model.sampling`` flattened into the protocol's parameter values."""
+    info = service.sampling_info()
+    if info is None:
+        return None
+    out: dict[str, str | int | float | bool] = {"sampling_output": info["output"]}
+    for name in ("steps", "eta", "guidance_scale"):
+        spec = info[name]
+        if spec is None:
+            continue
+        for key in ("default", "min", "max"):
+            if spec[key] is not None:
+                out[f"{name}_{key}"] = spec[key]
+    out["sampler_default"] = info["sampler"]["default"]
+    out["sampler_choices"] = ",".join(info["sampler"]["choices"])
+    return out
 
 
 def _both_forms(method: str, tail: str, endpoint: Callable[..., Coroutine[Any, Any, Any]], **kwargs: Any) -> None:
@@ -109,8 +128,8 @@ def _both_forms(method: str, tail: str, endpoint: Callable[..., Coroutine[Any, A
     )
 
 
-async def _metadata(service: ModelService, name: str, version: str | None, request: Request) -> ModelMetadataResponse:
-    return model_metadata(service, name, version)
+async def _metadata(service: ModelService, name: str, version: str | None, request: Request) -> JSONResponse:
+    return JSONResponse(model_metadata(service, name, version).model_dump(exclude_none=True))
 
 
 async def _ready(service: ModelService, name: str, version: str | None, request: Request) -> ReadyResponse:
