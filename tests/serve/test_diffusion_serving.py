@@ -317,3 +317,22 @@ def test_a_grpc_call_that_is_cancelled_leaves_the_loop(long_diffusion_run: Path,
             assert time.monotonic() < deadline, "the cancelled call kept sampling"
             time.sleep(0.002)  # poll interval
         assert batcher.forward_passes < 1000
+
+
+def test_python_client_takes_sampling_parameters_and_streams(dclient: TestClient) -> None:
+    from eir_serve.client import Client, EirServeError
+
+    c = Client("http://testserver", http=dclient)
+    assert c.info()["model"]["sampling"]["steps"]["max"] == 20
+    out = c.predict([{LABEL: {"CLASS": "2"}}], seed=9, steps=7, sampler="dpm_solver", guidance_scale=1.5)
+    want = _predict(dclient, "2", 9, steps=7, sampler="dpm_solver", guidance_scale=1.5)
+    assert np.array_equal(out[0]["mnist"], want)
+    events = list(c.stream({LABEL: {"CLASS": "2"}}, seed=9, every=3, steps=7, sampler="dpm_solver", guidance_scale=1.5))
+    assert [(e.step, e.done) for e in events] == [(3, False), (6, False), (7, True)]
+    assert np.array_equal(events[-1].arrays["mnist"], want)
+    with pytest.raises(EirServeError, match="parameter 'steps'") as e:
+        list(c.stream({LABEL: {"CLASS": "2"}}, steps=99))
+    assert e.value.status == 400
+    with pytest.raises(EirServeError) as e2:
+        c.predict([{LABEL: {"CLASS": "2"}}], sampler="euler")
+    assert e2.value.field == "sampler"
