@@ -17,6 +17,7 @@ COPY packages/core /src/packages/core
 RUN pip install --no-deps /src/packages/core && rm -rf /src \
  && useradd --create-home --uid 10001 eir && mkdir /models && chown eir /models
 COPY examples/tutorial /app/examples/tutorial
+COPY examples/diffusion /app/examples/diffusion
 COPY docker/train_once.sh /app/train_once.sh
 WORKDIR /app
 USER eir
