@@ -20,6 +20,9 @@ signal on any rank) are made from numbers all ranks share.
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 import logging
 import signal
 import time
