@@ -31,6 +31,7 @@ COPY --from=build /opt/eir /opt/eir
 RUN useradd --create-home --uid 10001 eir && mkdir /models && chown eir /models
 COPY examples/tutorial /app/examples/tutorial
 COPY docker/train_once.sh /app/train_once.sh
+COPY docker/train_job.sh /app/train_job.sh
 WORKDIR /app
 USER eir
 ENV PATH=/opt/eir/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 MPLCONFIGDIR=/tmp/mpl

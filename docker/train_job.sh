@@ -30,8 +30,8 @@ case "${1:-}" in
     mv "$data.partial" "$data"
     exit 0 ;;
   --wait-for-data)  # the other pods of a PyTorchJob, until the master's data step is done
-    for _ in $(seq 600); do [ -f "$ready" ] && exit 0; sleep 1; done
-    echo "no data in $data after 600 s" >&2; exit 1 ;;
+    for _ in $(seq "${DATA_WAIT_S:-600}"); do [ -f "$ready" ] && exit 0; sleep 1; done
+    echo "no data in $data after ${DATA_WAIT_S:-600} s" >&2; exit 1 ;;
   "") ;;
   *) echo "usage: train_job.sh [--data | --wait-for-data]" >&2; exit 2 ;;
 esac

@@ -24,7 +24,13 @@ TORCH_FREE = [
     "eir_core.cli.bundle",
     "eir_core.cli.data",
 ]
-NEED_TORCH = ["eir_core.predict", "eir_core.device", "eir_core.model.meta", "eir_core.train.trainer", "eir_core.onnx_export"]
+NEED_TORCH = [
+    "eir_core.predict",
+    "eir_core.device",
+    "eir_core.model.meta",
+    "eir_core.train.trainer",
+    "eir_core.onnx_export",
+]
 
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
@@ -32,7 +38,10 @@ def _python(code: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_numpy_only_modules_import_without_pytorch() -> None:
-    r = _python("".join(f"import {m}\n" for m in TORCH_FREE) + "assert 'torch' not in [k for k, v in sys.modules.items() if v]\nprint('ok')")
+    r = _python(
+        "".join(f"import {m}\n" for m in TORCH_FREE)
+        + "assert 'torch' not in [k for k, v in sys.modules.items() if v]\nprint('ok')"
+    )
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
