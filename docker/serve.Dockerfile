@@ -26,10 +26,12 @@ RUN if [ -n "$TORCH_SPEC" ]; then pip install "$TORCH_SPEC" ${TORCH_INDEX_URL:+-
 COPY VERSION /src/VERSION
 COPY packages/core /src/packages/core
 COPY services/serve /src/services/serve
-# The packages themselves (their dependencies are in place), then the installer leaves the
-# environment: the image runs eirserve, it installs nothing.
+# The packages themselves (their dependencies are in place), then the installer and the
+# packages' test suites leave the environment: the image runs eirserve, it installs nothing.
 RUN pip install --no-deps /src/packages/core /src/services/serve \
- && python -m pip uninstall -y -q pip setuptools && python -c "import eir_serve.cli"
+ && python -m pip uninstall -y -q pip setuptools \
+ && find "$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")" -depth -type d -name tests -exec rm -rf {} + \
+ && python -c "import eir_serve.cli, eir_serve.app, eir_core.onnx_runtime, onnxruntime"
 
 FROM ${PYTHON_IMAGE}
 COPY --from=build /opt/eir /opt/eir

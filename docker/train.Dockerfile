@@ -23,8 +23,16 @@ RUN pip install "${TORCH_SPEC}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL
  && pip install -r /src/deps.txt
 COPY VERSION /src/VERSION
 COPY packages/core /src/packages/core
+# Then what training never runs leaves: the installer, the packages' test suites, and PyTorch's
+# C++ test programs, headers and test library (eirtrain builds no C++ extension and does not
+# use torch.compile); torch_shm_manager stays (shared memory for data loading).
 RUN pip install --no-deps /src/packages/core \
- && python -m pip uninstall -y -q pip setuptools && python -c "import eir_core.train.trainer"
+ && python -m pip uninstall -y -q pip setuptools \
+ && site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
+ && find "$site" -depth -type d -name tests -exec rm -rf {} + \
+ && rm -rf "$site/torch/test" "$site/torch/include" "$site/torch/lib/libtorchbind_test.so" \
+ && find "$site/torch/bin" -type f ! -name torch_shm_manager -delete \
+ && python -c "import eir_core.train.trainer, sklearn.manifold, matplotlib.pyplot, onnxruntime"
 
 FROM ${PYTHON_IMAGE}
 COPY --from=build /opt/eir /opt/eir

@@ -8,6 +8,10 @@
 #   REPEATS=7 bash scripts/measure_images.sh
 #   IMAGES="serve serve-cuda train" bash scripts/measure_images.sh   serve-cuda: PyTorch's CUDA
 #       build from download.pytorch.org (TORCH_INDEX_URL); needs that index and several GB
+#   ALSO_READY="eir-serve:old" bash scripts/measure_images.sh   also time /ready of images built before
+# Besides the wall-clock time to ready, which grows with whatever else the machine runs, the CPU
+# time the container used until it was ready is read from its cgroup (cgroup v1 or v2): that
+# figure does not depend on the load.
 # Needs a Docker engine, curl and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +53,21 @@ build() {  # build NAME DOCKERFILE [build args...]: prints seconds
   secs "$t0" "$(now)"
 }
 
+cpu_s() {  # CPU seconds a container has used so far (its cgroup), or "-"
+  local id f
+  id=$(docker inspect -f '{{.Id}}' "$1")
+  for f in /sys/fs/cgroup/cpuacct/docker/$id/cpuacct.usage /sys/fs/cgroup/system.slice/docker-$id.scope/cpu.stat \
+           /sys/fs/cgroup/docker/$id/cpu.stat; do
+    [ -r "$f" ] || continue
+    case "$f" in
+      *cpuacct.usage) python3 -c "import sys; print(f'{int(open(sys.argv[1]).read()) / 1e9:.2f}')" "$f" ;;
+      *) awk '$1 == "usage_usec" {printf "%.2f\n", $2 / 1e6}' "$f" ;;
+    esac
+    return
+  done
+  echo "-"
+}
+
 median() { python3 -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" "$@"; }
 
 for image in $images; do
@@ -83,21 +102,22 @@ if ! ls "$models"/tutorial/saved_models/*.safetensors >/dev/null 2>&1; then
   docker run --rm -e N_EPOCHS=1 -e MODELS_DIR=/models/tutorial -v "$models:/models" "eir-train:$tag" >"$work/train.log" 2>&1 \
     || { tail -20 "$work/train.log" >&2; exit 1; }
 fi
-for image in $images; do
-  case "$image" in serve|serve-cuda) ;; *) continue ;; esac
-  from_run=(); from_start=(); loads=()
+for image in $images ${ALSO_READY:-}; do
+  case "$image" in serve|serve-cuda) ref=eir-$image:$tag ;; *:*) ref=$image ;; *) continue ;; esac
+  from_run=(); from_start=(); loads=(); cpus=()
   for _ in $(seq "$repeats"); do
     docker rm -f "eir-measure-$$" >/dev/null 2>&1 || true
     loads+=("$(load)")
     t0=$(now)
     docker run -d --name "eir-measure-$$" -p "127.0.0.1:$port:8000" -e EIR_SERVE_GRPC_PORT=8001 \
-      -v "$models/tutorial:/models:ro" --read-only --tmpfs /tmp "eir-$image:$tag" >/dev/null
+      -v "$models/tutorial:/models:ro" --read-only --tmpfs /tmp "$ref" >/dev/null
     ok=""
     for _ in $(seq 3000); do
       if curl -sf -o /dev/null "http://127.0.0.1:$port/ready"; then ok=$(now); break; fi
       sleep 0.01
     done
-    [ -n "$ok" ] || { docker logs "eir-measure-$$" >&2; echo "eir-$image never became ready" >&2; exit 1; }
+    cpus+=("$(cpu_s "eir-measure-$$")")
+    [ -n "$ok" ] || { docker logs "eir-measure-$$" >&2; echo "$ref never became ready" >&2; exit 1; }
     started=$(docker inspect -f '{{.State.StartedAt}}' "eir-measure-$$")
     start_s=$(python3 -c "import datetime, sys; print(datetime.datetime.fromisoformat(sys.argv[1][:26].rstrip('Z') + '+00:00').timestamp())" "$started")
     from_run+=("$(secs "$t0" "$ok")"); from_start+=("$(secs "$start_s" "$ok")")
@@ -107,12 +127,16 @@ for image in $images; do
   done
   docker rm -f "eir-measure-$$" >/dev/null
   r=$(median "${from_run[@]}"); s=$(median "${from_start[@]}")
-  echo "eir-$image ready: median $r s after docker run, $s s after the container started" \
-       "(each: ${from_run[*]} / ${from_start[*]}; load ${loads[*]})"
+  c=$( [ "${cpus[0]}" = - ] && echo - || median "${cpus[@]}")
+  echo "$ref ready: median $r s after docker run, $s s after the container started, $c CPU s" \
+       "(each: ${from_run[*]} / ${from_start[*]} / ${cpus[*]}; load ${loads[*]})"
+  cell="$r after run, $s after start, $c CPU s (median of $repeats; load ${loads[0]}-${loads[-1]})"
+  found=""
   for i in "${!rows[@]}"; do
-    rows[$i]=${rows[$i]/READY_$image/$r after run, $s after start (median of $repeats; load ${loads[0]}-${loads[-1]})}
+    [[ ${rows[$i]} == *READY_$image* ]] && { rows[$i]=${rows[$i]/READY_$image/$cell}; found=1; }
   done
-  add_json image="eir-$image ready" ready_after_run_s="$r" ready_after_start_s="$s" runs="${from_run[*]}" starts="${from_start[*]}" loads="${loads[*]}"
+  [ -n "$found" ] || rows+=("| $ref (built before) | $(mb "$(size_of "$ref")") | $(mb $(( $(size_of "$ref") - base_bytes ))) | - | $cell | - |")
+  add_json image="$ref ready" ready_after_run_s="$r" ready_after_start_s="$s" cpu_s="$c" runs="${from_run[*]}" starts="${from_start[*]}" cpus="${cpus[*]}" loads="${loads[*]}"
 done
 for i in "${!rows[@]}"; do rows[$i]=${rows[$i]/READY_train/-}; done
 
