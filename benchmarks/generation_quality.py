@@ -2,6 +2,7 @@
 
     python benchmarks/generation_quality.py [--per-label 60] [--seeds 3] [--diffusion-epochs N]
                                             [--mse-epochs N] [--guidance 1,2,3] [--samplers ddim:50,ddpm:500]
+                                            [--set FILE.KEY=VALUE ...] [--name RESULTS_STEM]
 
 The data split, judge and measures are conditional_quality.py's (1300 of scikit-learn's 8x8
 digits train the generators, 497 held-out digits train the judge and the feature spaces and
@@ -53,7 +54,7 @@ qm = cq.qm
 LABEL = "mnist_label"
 
 
-def train_diffusion(data: Path, run: Path, epochs: int | None) -> float:
+def train_diffusion(data: Path, run: Path, epochs: int | None, overrides: list[str]) -> float:
     args = [
         "--global_configs", str(DIFFUSION / "globals.yaml"),
         "--input_configs", str(DIFFUSION / "input_mnist_array.yaml"), str(DIFFUSION / "input_mnist_label.yaml"),
@@ -66,6 +67,7 @@ def train_diffusion(data: Path, run: Path, epochs: int | None) -> float:
     ]  # fmt: skip
     if epochs:
         args.append(f"--globals.basic_experiment.n_epochs={epochs}")
+    args += [f"--{o}" for o in overrides]
     from eir_core.cli.train import main as eirtrain
 
     t0 = time.perf_counter()
@@ -100,6 +102,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--diffusion-epochs", type=int, default=None, help="override examples/diffusion's n_epochs")
     ap.add_argument("--mse-epochs", type=int, default=None, help="override the tutorial's n_epochs")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FILE.KEY=VALUE",
+        help="an eirtrain override for the diffusion run, e.g. globals.optimization.lr=0.001 (repeatable)",
+    )
+    ap.add_argument("--name", default="generation_quality", help="results file stem in benchmarks/results")
     ap.add_argument("--guidance", default="", help="comma-separated guidance scales to add (needs label dropout)")
     ap.add_argument("--samplers", default="", help="comma-separated sampler:steps to add, e.g. ddpm:500,dpm_solver:20")
     a = ap.parse_args()
@@ -153,7 +163,7 @@ def main() -> None:
         data = Path(tmp) / "data"
         write_tutorial_layout(data, images[gen_idx], train_y, 10000)
         t_mse = cq.train_generator(data, Path(tmp) / "mse", a.mse_epochs, 1)
-        t_diff = train_diffusion(data, Path(tmp) / "diffusion", a.diffusion_epochs)
+        t_diff = train_diffusion(data, Path(tmp) / "diffusion", a.diffusion_epochs, a.set)
         mse_p = Predictor.from_path(latest_checkpoint(Path(tmp) / "mse"), device="cpu")
         diff_p = Predictor.from_path(latest_checkpoint(Path(tmp) / "diffusion"), device="cpu")
         diff_valid = (Path(tmp) / "diffusion" / "validation_average_history.log").read_text().strip().splitlines()[-1]
@@ -206,9 +216,9 @@ def main() -> None:
         "variants": scored,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "generation_quality.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{a.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     md = render_md(result)
-    (RESULTS / "generation_quality.md").write_text(md)
+    (RESULTS / f"{a.name}.md").write_text(md)
     print(md)
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from eir_core.errors import InputError
 from eir_core.manifest import DiffusionInfo
 from eir_core.model.spec import timestep_key
 
@@ -32,6 +33,11 @@ if TYPE_CHECKING:
 
 Forward = Callable[["ArrayBatch"], dict[str, np.ndarray]]
 _MAX_CACHED_SAMPLERS = 32
+MAX_GUIDANCE_SCALE = 20.0  # a request's bound; past a few units samples only get worse
+
+
+class SamplingError(InputError, ValueError):
+    """A sampling parameter is out of bounds; ``field`` names it (steps, sampler, eta, guidance_scale)."""
 
 
 @dataclass(frozen=True)
@@ -53,28 +59,35 @@ class ResolvedParams:
 
 
 def resolve_params(info: DiffusionInfo, params: SamplingParams) -> ResolvedParams:
-    """The parameters with the bundle's defaults filled in; ValueError naming the bad one."""
+    """The parameters with the bundle's defaults filled in; SamplingError naming the bad one."""
     from eir_core.diffusion import SAMPLERS
 
     steps = info.inference_steps if params.steps is None else params.steps
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= info.time_steps:
-        raise ValueError(
-            f"steps: must be a whole number from 1 to {info.time_steps} (the trained time steps), got {steps!r}"
+        raise SamplingError(
+            "steps", f"must be a whole number from 1 to {info.time_steps} (the trained time steps), got {steps!r}"
         )
     sampler = info.sampler if params.sampler is None else params.sampler
     if sampler not in SAMPLERS:
-        raise ValueError(f"sampler: must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        raise SamplingError("sampler", f"must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     eta = info.eta if params.eta is None else params.eta
     if isinstance(eta, bool) or not isinstance(eta, int | float) or not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"eta: must be a finite number >= 0, got {eta!r}")
+        raise SamplingError("eta", f"must be a finite number >= 0, got {eta!r}")
+    if params.eta is not None and eta > 1:  # past 1 DDIM's noise outgrows its variance: NaN samples
+        raise SamplingError("eta", f"must be from 0 to 1 (0: deterministic DDIM, 1: DDPM-like noise), got {eta!r}")
     scale = info.guidance_scale if params.guidance_scale is None else params.guidance_scale
     if scale is not None:
         if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) or scale < 0:
-            raise ValueError(f"guidance_scale: must be a finite number >= 0, got {scale!r}")
+            raise SamplingError("guidance_scale", f"must be a finite number >= 0, got {scale!r}")
+        if params.guidance_scale is not None and scale > MAX_GUIDANCE_SCALE:
+            raise SamplingError(
+                "guidance_scale", f"must be at most {MAX_GUIDANCE_SCALE:g} (1: no guidance), got {scale!r}"
+            )
         if not info.guidable_inputs:
-            raise ValueError(
-                "guidance_scale: this model was trained without dropout on any conditioning input, "
-                "so it has no unconditional branch to guide with"
+            raise SamplingError(
+                "guidance_scale",
+                "this model was trained without dropout on any conditioning input, "
+                "so it has no unconditional branch to guide with",
             )
     return ResolvedParams(steps, sampler, float(eta), None if scale is None else float(scale))
 
@@ -171,6 +184,11 @@ class SampleJob:
         self.rows = 2 * self.n if self.guidance is not None else self.n
         self.rngs = [np.random.default_rng(int(s)) for s in seeds]
         self.shape = sampling.shape
+        self._ac = sampling.schedule.alphas_cumprod
+        # Set ``track_estimate`` to keep, after each step, the model's estimate of the finished
+        # sample (x0 = sqrt(ac_t) x_t - sqrt(1 - ac_t) v, v-prediction) for progress displays.
+        self.track_estimate = False
+        self.estimate: np.ndarray | None = None
         self.x = np.stack([g.standard_normal(self.shape, dtype=np.float32) for g in self.rngs])
         self._t_key = timestep_key(self.output)
 
@@ -181,6 +199,10 @@ class SampleJob:
     @property
     def step_index(self) -> int:
         return self.state.index
+
+    @property
+    def steps(self) -> int:
+        return len(self.sampler.timesteps)
 
     def model_rows(self) -> ArrayBatch:
         """This step's model input: the conditioning, the current sample and its timestep."""
@@ -196,6 +218,11 @@ class SampleJob:
             v_cond, v_uncond = v[: self.n], v[self.n :]
             v = v_uncond + np.float32(self.guidance) * (v_cond - v_uncond)
         i = self.state.index
+        if self.track_estimate:
+            ac = float(self._ac[int(self.sampler.timesteps[i])])
+            self.estimate = (np.float32(math.sqrt(ac)) * self.x - np.float32(math.sqrt(1.0 - ac)) * v).astype(
+                np.float32
+            )
         noise = (
             np.stack([g.standard_normal(self.shape, dtype=np.float32) for g in self.rngs])
             if self.sampler.needs_noise(i)

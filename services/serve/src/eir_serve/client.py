@@ -8,12 +8,21 @@
 It reads ``/info`` once (first use), sends each array as base64 of its raw bytes in the
 model's dtype, and raises ``EirServeError`` with the server's message and field for any 4xx/5xx.
 ``AsyncClient`` is the same with ``await``. Needs numpy and httpx only (not torch or eir_core).
+
+A diffusion model (``info()["model"]["sampling"]``) takes sampling parameters per call, and
+``stream`` yields its progress:
+
+    out = c.predict([{"mnist_label": {"CLASS": "3"}}] * 8, seed=0, steps=50, sampler="ddim", guidance_scale=1.5)
+    for event in c.stream({"mnist_label": {"CLASS": "3"}}, seed=0, steps=50, every=5):
+        event.step, event.steps, event.done, event.arrays["mnist"]
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -96,11 +105,50 @@ def _checked(r: httpx.Response) -> dict[str, Any]:
     return body
 
 
-def _params(seed: int | None, noise_scale: float | None = None) -> dict[str, int | float]:
-    params: dict[str, int | float] = {} if seed is None else {"seed": seed}
+def _params(seed: int | None, noise_scale: float | None = None, **sampling: Any) -> dict[str, Any]:
+    """Query (/predict) or request (generate) parameters; None values are left out (the server's
+    and the bundle's defaults)."""
+    params: dict[str, Any] = {} if seed is None else {"seed": seed}
     if noise_scale is not None:
         params["noise_scale"] = noise_scale
+    params.update({k: v for k, v in sampling.items() if v is not None})
     return params
+
+
+@dataclass
+class StreamEvent:
+    """One event of ``stream``: the model's estimate of the finished sample after ``step`` of
+    ``steps`` (the sample itself when ``done``), output name -> float32 array."""
+
+    step: int
+    steps: int
+    done: bool
+    arrays: dict[str, np.ndarray]
+
+
+def _stream_request(codec: _Codec, item: Item, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    name = codec.info["model"]["name"]
+    body = codec.body([item])[0]
+    body["parameters"] = params
+    return f"/v2/models/{name}/generate_stream", body
+
+
+def _event(codec: _Codec, lines: list[str]) -> StreamEvent | None:
+    data = next((line[6:] for line in lines if line.startswith("data: ")), None)
+    if data is None:
+        return None
+    ev = json.loads(data)
+    if "event: error" in lines:
+        raise EirServeError(200, "stream_error", str(ev.get("error")), [])
+    arrays = {k: np.asarray(ev[k], dtype=np.float32) for k in codec.outputs if k in ev}
+    return StreamEvent(int(ev.get("step", 0)), int(ev.get("steps", 0)), bool(ev.get("done")), arrays)
+
+
+def _stream_error(r: httpx.Response) -> EirServeError:
+    try:  # the protocol's error shape: {"error": "..."}
+        return EirServeError(r.status_code, "error", str(r.json()["error"]), [])
+    except (ValueError, KeyError, TypeError):
+        return EirServeError(r.status_code, "http_error", r.text[:500] or r.reason_phrase, [])
 
 
 class Client:
@@ -123,13 +171,54 @@ class Client:
         return self._codec
 
     def predict(
-        self, items: Sequence[Item], seed: int | None = None, noise_scale: float | None = None
+        self,
+        items: Sequence[Item],
+        seed: int | None = None,
+        noise_scale: float | None = None,
+        *,
+        steps: int | None = None,
+        sampler: str | None = None,
+        eta: float | None = None,
+        guidance_scale: float | None = None,
     ) -> list[dict[str, np.ndarray]]:
-        """One dict of output arrays per item, in order. ``seed`` makes imputed inputs reproducible;
-        ``noise_scale`` scales their noise for this call (None: the server's, see /info)."""
+        """One dict of output arrays per item, in order. ``seed`` makes imputed inputs (and a
+        diffusion model's samples) reproducible; ``noise_scale`` scales their noise for this call
+        (None: the server's, see /info). A diffusion model's ``steps``, ``sampler``, ``eta`` and
+        ``guidance_scale`` override the bundle's defaults (None: the default)."""
         codec = self._get_codec()
-        r = self._http.post(f"{self.url}/predict", json=codec.body(items), params=_params(seed, noise_scale))
+        params = _params(seed, noise_scale, steps=steps, sampler=sampler, eta=eta, guidance_scale=guidance_scale)
+        r = self._http.post(f"{self.url}/predict", json=codec.body(items), params=params)
         return codec.decode(_checked(r))
+
+    def stream(
+        self,
+        item: Item,
+        seed: int | None = None,
+        *,
+        every: int = 1,
+        steps: int | None = None,
+        sampler: str | None = None,
+        eta: float | None = None,
+        guidance_scale: float | None = None,
+    ) -> Iterator[StreamEvent]:
+        """A diffusion sample of one item as it forms: an event after every ``every`` steps, the
+        last one (``done``) holding the sample. Leaving the loop early stops the sampling."""
+        codec = self._get_codec()
+        params = _params(seed, None, every=every, steps=steps, sampler=sampler, eta=eta, guidance_scale=guidance_scale)
+        path, body = _stream_request(codec, item, params)
+        with self._http.stream("POST", self.url + path, json=body) as r:
+            if r.status_code >= 400:
+                r.read()
+                raise _stream_error(r)
+            lines: list[str] = []
+            for line in r.iter_lines():
+                if line:
+                    lines.append(line)
+                    continue
+                event = _event(codec, lines)
+                lines = []
+                if event is not None:
+                    yield event
 
     def close(self) -> None:
         if self._own:
@@ -160,11 +249,49 @@ class AsyncClient:
         return self._codec
 
     async def predict(
-        self, items: Sequence[Item], seed: int | None = None, noise_scale: float | None = None
+        self,
+        items: Sequence[Item],
+        seed: int | None = None,
+        noise_scale: float | None = None,
+        *,
+        steps: int | None = None,
+        sampler: str | None = None,
+        eta: float | None = None,
+        guidance_scale: float | None = None,
     ) -> list[dict[str, np.ndarray]]:
         codec = await self._get_codec()
-        r = await self._http.post(f"{self.url}/predict", json=codec.body(items), params=_params(seed, noise_scale))
+        params = _params(seed, noise_scale, steps=steps, sampler=sampler, eta=eta, guidance_scale=guidance_scale)
+        r = await self._http.post(f"{self.url}/predict", json=codec.body(items), params=params)
         return codec.decode(_checked(r))
+
+    async def stream(
+        self,
+        item: Item,
+        seed: int | None = None,
+        *,
+        every: int = 1,
+        steps: int | None = None,
+        sampler: str | None = None,
+        eta: float | None = None,
+        guidance_scale: float | None = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """``Client.stream`` with ``async for``."""
+        codec = await self._get_codec()
+        params = _params(seed, None, every=every, steps=steps, sampler=sampler, eta=eta, guidance_scale=guidance_scale)
+        path, body = _stream_request(codec, item, params)
+        async with self._http.stream("POST", self.url + path, json=body) as r:
+            if r.status_code >= 400:
+                await r.aread()
+                raise _stream_error(r)
+            lines: list[str] = []
+            async for line in r.aiter_lines():
+                if line:
+                    lines.append(line)
+                    continue
+                event = _event(codec, lines)
+                lines = []
+                if event is not None:
+                    yield event
 
     async def aclose(self) -> None:
         if self._own:

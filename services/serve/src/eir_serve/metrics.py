@@ -38,6 +38,33 @@ class Metrics:
             "eir_queue_depth", "items waiting for a forward pass", registry=self.registry, multiprocess_mode="livesum"
         )
         self.items = Counter("eir_predicted_items_total", "items predicted", registry=self.registry)
+        # Diffusion models: the step loop of sampler.py (one forward pass per step for every request in flight).
+        self.sampling_steps = Counter(
+            "eir_sampling_steps_total", "forward passes of the diffusion step loop", registry=self.registry
+        )
+        self.sampling_rows = Histogram(
+            "eir_sampling_step_rows",
+            "rows per forward pass of the step loop (batch occupancy; guidance takes two rows per item)",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
+        self.sampling_active = Gauge(
+            "eir_sampling_requests_active",
+            "requests whose samples are being stepped",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.sampling_queue_seconds = Histogram(
+            "eir_sampling_queue_seconds",
+            "time from a request's arrival to its first step",
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.sampling_cancelled = Counter(
+            "eir_sampling_cancelled_total",
+            "requests dropped from the step loop because their client went away or their deadline passed",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         """The Prometheus text of this process, or of all worker processes in multiprocess mode."""

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from eir_core.diffusion_sampling import SamplingParams
+from eir_core.errors import InputError
 from eir_core.manifest import ArrayInput
 from eir_serve.errors import ApiError
 from eir_serve.service import ModelService
@@ -316,6 +318,19 @@ def parse_noise_scale(value: Any) -> float | None:
     return float(value)
 
 
+SAMPLING_PARAMETERS = ("steps", "sampler", "eta", "guidance_scale")
+
+
+def parse_sampling(service: ModelService, get: Callable[[str], Any]) -> SamplingParams | None:
+    """A diffusion model's request parameters ``steps``, ``sampler``, ``eta``, ``guidance_scale``
+    (absent: the bundle's defaults), checked; a 400 names the parameter."""
+    values = {k: get(k) for k in SAMPLING_PARAMETERS}
+    try:
+        return service.sampling_params(**values)
+    except InputError as e:
+        raise bad(f"parameter '{e.field}': {e.message}") from None
+
+
 def requested_outputs(service: ModelService, names: Sequence[str]) -> list[TensorSpec]:
     specs = output_specs(service)
     if not names:
@@ -334,7 +349,10 @@ async def infer(
     seed: int | None,
     outputs: list[TensorSpec],
     noise_scale: float | None = None,
+    sampling: SamplingParams | None = None,
+    disconnected: Any = None,
 ) -> dict[str, np.ndarray]:
-    """Run the items through the shared batcher; each requested output as FP32 ``[N, *shape]``."""
-    results = await service.run(items, seed, noise_scale)
+    """Run the items through the shared batcher (a diffusion model: its step loop); each requested
+    output as FP32 ``[N, *shape]``."""
+    results = await service.run(items, seed, noise_scale, sampling, disconnected)
     return {o.name: np.stack([r[o.name] for r in results]).astype(np.float32, copy=False) for o in outputs}

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from fastapi import Response
 
+from eir_core.diffusion_sampling import SamplingParams, resolve_params
 from eir_core.errors import InputError
 from eir_core.inference import Runner
 from eir_core.manifest import ArrayInput, Manifest, TabularInput
@@ -20,8 +21,19 @@ from eir_serve.body import read_json_body as read_json_body  # routes import it 
 from eir_serve.codec import CodecError, decode_array, encode_array
 from eir_serve.errors import ApiError, item_error
 from eir_serve.metrics import Metrics
+from eir_serve.sampler import Request, StepBatcher
 from eir_serve.schemas.eir import InfoResponse
 from eir_serve.settings import Settings
+
+
+async def client_gone(request: Any) -> None:
+    """Completes when the client of ``request`` (whose body was read) disconnects. The server's
+    later receive calls wait for exactly that (uvicorn; Starlette's and httpx's test transports
+    answer it once the response is sent)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 def example_payload(manifest: Manifest) -> list[dict[str, Any]]:
@@ -53,14 +65,26 @@ class ModelService:
         self.predictor = predictor
         self.settings = settings
         self.metrics = metrics
-        self.batcher = Batcher(
-            self._predict,
-            settings.max_batch_size,
-            settings.batch_timeout_ms / 1000,
-            settings.max_queue,
-            on_batch=metrics.batch_size.observe,
-            on_depth=metrics.queue_depth.set,
-        )
+        self.diffusion = predictor.diffusion
+        self.batcher: Batcher | StepBatcher
+        if self.diffusion is not None:  # sampled step by step, every request in flight in each forward pass
+            items = predictor
+
+            def finish(job: Any) -> list[dict[str, np.ndarray]]:
+                return items.split_outputs({job.output: job.x}, job.n)
+
+            self.batcher = StepBatcher(
+                self.diffusion, predictor.run_batch, finish, settings.max_batch_size, settings.max_queue, metrics
+            )
+        else:
+            self.batcher = Batcher(
+                self._predict,
+                settings.max_batch_size,
+                settings.batch_timeout_ms / 1000,
+                settings.max_queue,
+                on_batch=metrics.batch_size.observe,
+                on_depth=metrics.queue_depth.set,
+            )
         self.inputs = predictor.inputs
         self.outputs = predictor.outputs
         self.json_limits = json_limits(self.inputs, settings.max_items_per_request)
@@ -138,17 +162,90 @@ class ModelService:
                 raise item_error(index, f"{name}.{col}", f"expected a category string{eg}; got {v!r}")
         return out
 
-    async def run(
-        self, items: list[dict[str, Any]], seed: int | None, noise_scale: float | None = None
-    ) -> list[dict[str, np.ndarray]]:
-        """``noise_scale`` (already checked by the route) overrides the server's for this request."""
+    # -------------------------------------------------------------- sampling parameters
+    def sampling_params(
+        self,
+        steps: Any = None,
+        sampler: Any = None,
+        eta: Any = None,
+        guidance_scale: Any = None,
+    ) -> SamplingParams | None:
+        """A request's sampling parameters, checked against the bundle (None: none were given).
+        An InputError names the parameter; each route turns it into its own error shape."""
+        given = {"steps": steps, "sampler": sampler, "eta": eta, "guidance_scale": guidance_scale}
+        given = {k: v for k, v in given.items() if v is not None}
+        if self.diffusion is None:
+            if given:
+                name = next(iter(given))
+                raise InputError(name, "sampling parameters are for diffusion models; this model answers in one pass")
+            return None
+        params = SamplingParams(**given)
+        resolve_params(self.diffusion.info, params)  # SamplingError (an InputError) naming the parameter
+        return params
+
+    def sampling_info(self) -> dict[str, Any] | None:
+        """What a sampler request may set, with this bundle's defaults and bounds (for /info, V2 metadata)."""
+        if self.diffusion is None:
+            return None
+        from eir_core.diffusion import SAMPLERS
+        from eir_core.diffusion_sampling import MAX_GUIDANCE_SCALE
+
+        d = self.diffusion.info
+        return {
+            "output": self.diffusion.output,
+            "steps": {"default": d.inference_steps, "min": 1, "max": d.time_steps},
+            "sampler": {"default": d.sampler, "choices": list(SAMPLERS)},
+            "eta": {"default": d.eta, "min": 0.0, "max": 1.0},
+            "guidance_scale": (
+                {"default": d.guidance_scale, "min": 0.0, "max": MAX_GUIDANCE_SCALE, "inputs": list(d.guidable_inputs)}
+                if d.guidable_inputs
+                else None
+            ),
+        }
+
+    def _seeds(self, n: int, seed: int | None) -> list[int]:
         if seed is None:  # fresh noise: from a generator seeded once from the OS (one getrandom per process)
-            seeds = [int(s) for s in self._entropy.integers(0, 2**62, size=len(items))]
-        else:
-            seeds = [seed + i for i in range(len(items))]
+            return [int(s) for s in self._entropy.integers(0, 2**62, size=n)]
+        return [seed + i for i in range(n)]
+
+    def stream(
+        self,
+        items: list[dict[str, Any]],
+        seed: int | None,
+        sampling: SamplingParams | None,
+        progress: Any,
+        every: int,
+        noise_scale: float | None = None,
+    ) -> Request:
+        """Start a diffusion request whose progress is reported (``progress(Progress)`` on this loop)."""
+        assert isinstance(self.batcher, StepBatcher)
+        scales = [self.settings.noise_scale if noise_scale is None else noise_scale] * len(items)
+        try:
+            return self.batcher.submit_nowait(
+                items, self._seeds(len(items), seed), scales, sampling or SamplingParams(), progress, every
+            )
+        except QueueFull as e:
+            raise ApiError(
+                503, "overloaded", f"server busy: {e}; retry shortly", headers={"Retry-After": "1"}
+            ) from None
+
+    async def run(
+        self,
+        items: list[dict[str, Any]],
+        seed: int | None,
+        noise_scale: float | None = None,
+        sampling: SamplingParams | None = None,
+        disconnected: Any = None,
+    ) -> list[dict[str, np.ndarray]]:
+        """``noise_scale`` and ``sampling`` (already checked by the route) override the server's and
+        the bundle's for this request. ``disconnected``: an awaitable that completes when the client
+        goes away; a diffusion request then leaves the step loop at its next step."""
+        seeds = self._seeds(len(items), seed)
         scales = [self.settings.noise_scale if noise_scale is None else noise_scale] * len(items)
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):  # no extra task, unlike wait_for
+                if isinstance(self.batcher, StepBatcher):
+                    return await self._sample(items, seeds, scales, sampling or SamplingParams(), disconnected)
                 return await self.batcher.submit(items, seeds, scales)
         except QueueFull as e:
             raise ApiError(
@@ -156,6 +253,33 @@ class ModelService:
             ) from None
         except TimeoutError:
             raise ApiError(504, "timeout", f"no answer within {self.settings.request_timeout_s}s") from None
+
+    async def _sample(
+        self,
+        items: list[dict[str, Any]],
+        seeds: list[int],
+        scales: list[float],
+        params: SamplingParams,
+        disconnected: Any,
+    ) -> list[dict[str, np.ndarray]]:
+        assert isinstance(self.batcher, StepBatcher)
+        try:
+            req = self.batcher.submit_nowait(items, seeds, scales, params)
+        except BaseException:
+            if disconnected is not None:
+                disconnected.close()  # never awaited: the request did not start
+            raise
+        watcher = asyncio.ensure_future(disconnected) if disconnected is not None else None
+        try:
+            if watcher is not None:
+                await asyncio.wait((req.future, watcher), return_when=asyncio.FIRST_COMPLETED)
+                if not req.future.done():
+                    raise ApiError(499, "client_closed", "the client closed the connection before the answer")
+            return await req.future
+        finally:
+            req.cancel()  # a no-op when it finished; else the step loop drops it at its next step
+            if watcher is not None:
+                watcher.cancel()
 
     @staticmethod
     def encode(results: list[dict[str, np.ndarray]]) -> Response:
@@ -169,4 +293,5 @@ class ModelService:
         info = self.predictor.manifest.info(str(self.predictor.device))
         info["model"]["noise_scale"] = self.settings.noise_scale  # the server's, not the bundle's
         info["model"]["runtime"] = self.predictor.runtime
+        info["model"]["sampling"] = self.sampling_info()
         return InfoResponse.model_validate(info)

@@ -175,9 +175,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             protocol.check_model(service, request.model_name, request.model_version)
             seed = protocol.parse_seed(_parameter(request.parameters, "seed"))
             noise_scale = protocol.parse_noise_scale(_parameter(request.parameters, "noise_scale"))
+            sampling = protocol.parse_sampling(service, lambda key: _parameter(request.parameters, key))
             outputs = protocol.requested_outputs(service, [o.name for o in request.outputs])
             items = protocol.decode_inputs(service, request_tensors(request))
-            arrays = await protocol.infer(service, items, seed, outputs, noise_scale)
+            # A call the client cancels is cancelled here too: its sample leaves the step loop.
+            arrays = await protocol.infer(service, items, seed, outputs, noise_scale, sampling)
             answer = pb.ModelInferResponse(model_name=request.model_name, model_version=protocol.VERSION, id=request.id)
             for name, arr in arrays.items():
                 answer.outputs.add(name=name, datatype="FP32", shape=arr.shape)

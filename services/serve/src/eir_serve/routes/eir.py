@@ -5,12 +5,16 @@ which name a local (the bundle's example) that a string annotation could not res
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
+from eir_core.diffusion import SAMPLERS
+from eir_core.errors import InputError
 from eir_serve.auth import require_api_key
 from eir_serve.body import JsonBodyRoute
 from eir_serve.deps import ServiceDep
+from eir_serve.errors import item_error
 from eir_serve.schemas.eir import ErrorResponse, InfoResponse, PredictRequest, PredictResponse
+from eir_serve.service import client_gone
 from eir_serve.settings import MAX_NOISE_SCALE
 
 PREDICT_DOC = """A JSON **list** of items, each an object keyed by input name (EIR's payload):
@@ -25,6 +29,12 @@ imputed with noise, so a label alone generates a digit. `?seed=N` makes that noi
 reproducible (item *i* uses seed N+i); without it every call draws new noise.
 `?noise_scale=X` (0 to 10) scales that N(0, 1) noise for this request instead of the server's
 `--noise-scale` (see `/info`, `model.noise_scale`); 1 is EIR's imputation.
+
+A diffusion model (`/info`: `model.sampling`) samples each item from noise, as EIR does (an
+array given for the output's own input is not used); `?steps=`, `?sampler=` (ddpm, ddim,
+dpm_solver), `?eta=` and `?guidance_scale=` override the bundle's defaults for this request, and
+`?seed=N` makes the sample reproducible: the same seed and parameters give the same array,
+whatever else the server is sampling at the time.
 
 Answer: `{"result": [{"<output>": "<base64 of raw float32 bytes>"}, ...]}` in request order,
 un-normalized (pixel scale). Every problem is a 4xx with
@@ -53,6 +63,7 @@ def build_router(example: list[dict[str, Any]]) -> APIRouter:
     async def predict(
         items: Annotated[PredictRequest, Body(openapi_examples=examples)],
         service: ServiceDep,
+        request: Request,
         seed: Annotated[int | None, Query(ge=0, le=2**62, description="noise seed")] = None,
         noise_scale: Annotated[
             float | None,
@@ -63,9 +74,20 @@ def build_router(example: list[dict[str, Any]]) -> APIRouter:
                 description="scale of the noise of left-out inputs (absent: the server's, see /info)",
             ),
         ] = None,
+        steps: Annotated[int | None, Query(description="diffusion: sampler steps (default and bound: /info)")] = None,
+        sampler: Annotated[str | None, Query(description=f"diffusion: one of {', '.join(SAMPLERS)}")] = None,
+        eta: Annotated[float | None, Query(description="diffusion: DDIM noise, 0 to 1")] = None,
+        guidance_scale: Annotated[
+            float | None, Query(description="diffusion: classifier-free guidance scale (1: none)")
+        ] = None,
     ) -> Response:
+        try:
+            sampling = service.sampling_params(steps, sampler, eta, guidance_scale)
+        except InputError as e:
+            raise item_error(None, e.field, e.message) from None
         decoded = service.decode_items(items.root)
-        return service.encode(await service.run(decoded, seed, noise_scale))
+        gone = client_gone(request) if service.diffusion is not None else None
+        return service.encode(await service.run(decoded, seed, noise_scale, sampling, gone))
 
     @r.get("/info", description="Inputs and outputs: type, shape, dtype; categories of tabular inputs.")
     async def info(service: ServiceDep) -> InfoResponse:

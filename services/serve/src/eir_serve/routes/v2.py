@@ -11,17 +11,19 @@ errors under /v2 are ``{"error": "<message>"}`` (errors.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import zlib
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
+from eir_core.diffusion_sampling import SamplingParams
 from eir_serve import __version__, protocol
 from eir_serve.auth import require_api_key
 from eir_serve.body import off_loop, parse_json, read_body
@@ -29,6 +31,7 @@ from eir_serve.deps import ServiceDep
 from eir_serve.errors import ApiError
 from eir_serve.gate import ascii_int, coding_of
 from eir_serve.protocol import RequestTensor, TensorSpec, bad
+from eir_serve.sampler import Progress
 from eir_serve.schemas.v2 import (
     InferRequest,
     InferResponse,
@@ -40,7 +43,7 @@ from eir_serve.schemas.v2 import (
     ServerMetadataResponse,
     TensorMetadata,
 )
-from eir_serve.service import ModelService
+from eir_serve.service import ModelService, client_gone
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -80,7 +83,26 @@ def model_metadata(service: ModelService, name: str, version: str | None) -> Mod
         platform=protocol.PLATFORM,
         inputs=meta(protocol.input_specs(service)),
         outputs=meta(protocol.output_specs(service)),
+        parameters=_sampling_parameters(service),
     )
+
+
+def _sampling_parameters(service: ModelService) -> dict[str, str | int | float | bool] | None:
+    """/info's ``model.sampling`` flattened into the protocol's parameter values."""
+    info = service.sampling_info()
+    if info is None:
+        return None
+    out: dict[str, str | int | float | bool] = {"sampling_output": info["output"]}
+    for name in ("steps", "eta", "guidance_scale"):
+        spec = info[name]
+        if spec is None:
+            continue
+        for key in ("default", "min", "max"):
+            if spec[key] is not None:
+                out[f"{name}_{key}"] = spec[key]
+    out["sampler_default"] = info["sampler"]["default"]
+    out["sampler_choices"] = ",".join(info["sampler"]["choices"])
+    return out
 
 
 def _both_forms(method: str, tail: str, endpoint: Callable[..., Coroutine[Any, Any, Any]], **kwargs: Any) -> None:
@@ -106,8 +128,8 @@ def _both_forms(method: str, tail: str, endpoint: Callable[..., Coroutine[Any, A
     )
 
 
-async def _metadata(service: ModelService, name: str, version: str | None, request: Request) -> ModelMetadataResponse:
-    return model_metadata(service, name, version)
+async def _metadata(service: ModelService, name: str, version: str | None, request: Request) -> JSONResponse:
+    return JSONResponse(model_metadata(service, name, version).model_dump(exclude_none=True))
 
 
 async def _ready(service: ModelService, name: str, version: str | None, request: Request) -> ReadyResponse:
@@ -123,6 +145,7 @@ class _Decoded:
     items: list[dict[str, Any]]
     seed: int | None
     noise_scale: float | None
+    sampling: SamplingParams | None
     outputs: list[TensorSpec]
     binary: dict[str, bool]
 
@@ -135,7 +158,8 @@ async def _infer(service: ModelService, name: str, version: str | None, request:
     d = await off_loop(
         pool, len(body), _decode, service, body, headers.get("content-encoding"), headers.get(HEADER_LENGTH)
     )
-    arrays = await protocol.infer(service, d.items, d.seed, d.outputs, d.noise_scale)
+    gone = client_gone(request) if service.diffusion is not None else None
+    arrays = await protocol.infer(service, d.items, d.seed, d.outputs, d.noise_scale, d.sampling, gone)
     size = sum(a.size for a in arrays.values()) * 8  # about the bytes of a JSON answer
     return await off_loop(pool, size, _answer, name, d.id, arrays, d.binary)
 
@@ -156,10 +180,11 @@ def _decode(service: ModelService, body: bytes, encoding: str | None, header_len
     params = req.parameters or {}
     seed = protocol.parse_seed(params.get("seed"))
     noise_scale = protocol.parse_noise_scale(params.get("noise_scale"))
+    sampling = protocol.parse_sampling(service, params.get)
     outputs = protocol.requested_outputs(service, [o.name for o in req.outputs or []])
     binary_out = _binary_outputs(req, outputs, params.get("binary_data_output", False))
     items = protocol.decode_inputs(service, _request_tensors(req.inputs, binary))
-    return _Decoded(req.id, items, seed, noise_scale, outputs, binary_out)
+    return _Decoded(req.id, items, seed, noise_scale, sampling, outputs, binary_out)
 
 
 def _describe(e: ValidationError) -> str:
@@ -263,6 +288,123 @@ def _answer(name: str, request_id: str | None, arrays: dict[str, np.ndarray], bi
     )
 
 
+# ---------------------------------------------------------------- generate extension
+GENERATE_DOC = """The protocol's generate extension, for one item: the body is an object whose keys are this
+model's inputs, valued as in `/predict` (a tabular input `{"CLASS": "3"}`, an array input base64 of
+its raw bytes; inputs trained with dropout may be left out), plus `"parameters"`: `seed`,
+`noise_scale`, and for a diffusion model `steps`, `sampler`, `eta`, `guidance_scale` (`/info`:
+`model.sampling`). The answer: `{"model_name", "model_version", "<output>": nested list}`, the
+output un-normalized (pixel scale) without the batch dimension."""
+
+STREAM_DOC = """As `generate`, answered as Server-Sent Events: a diffusion model sends, after every `every`
+steps (a parameter; default 1), an event whose data is `{"model_name", "model_version", "step",
+"steps", "done": false, "<output>": nested list}` holding the model's current estimate of the
+finished sample, then one with `"done": true` holding the sample itself (the same array
+`generate`, `/predict` and `infer` give for the same seed and parameters). A model without a
+sampler sends the one final event. A failure after the stream started is an `event: error` whose
+data is `{"error": message}`. Closing the connection stops the sampling at its next step."""
+
+
+@dataclass(frozen=True)
+class _Generate:
+    item: dict[str, Any]
+    seed: int | None
+    noise_scale: float | None
+    sampling: SamplingParams | None
+    every: int
+
+
+async def _read_generate(service: ModelService, request: Request) -> _Generate:
+    body = await read_body(request, service.settings.max_body_bytes)
+    raw = parse_json(body, service.json_limits)
+    if not isinstance(raw, dict):
+        raise bad(f"body: expected a JSON object of input name: value, got {type(raw).__name__}")
+    params = raw.pop("parameters", None) or {}
+    if not isinstance(params, dict):
+        raise bad(f"parameters: expected an object, got {type(params).__name__}")
+    known = {"seed", "noise_scale", "every", *protocol.SAMPLING_PARAMETERS}
+    for key in params:
+        if key not in known:
+            raise bad(f"parameter {key!r}: unknown; this route takes {', '.join(sorted(known))}")
+    every = params.get("every", 1)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise bad(f"parameter 'every': expected a whole number >= 1 (steps between events), got {every!r}")
+    seed = protocol.parse_seed(params.get("seed"))
+    noise_scale = protocol.parse_noise_scale(params.get("noise_scale"))
+    sampling = protocol.parse_sampling(service, params.get)
+    try:
+        item = service.decode_item(0, raw)
+    except ApiError as e:
+        raise bad(e.message.removeprefix("item 0, ")) from None
+    return _Generate(item, seed, noise_scale, sampling, every)
+
+
+def _generated(name: str, result: dict[str, np.ndarray]) -> dict[str, Any]:
+    out: dict[str, Any] = {"model_name": name, "model_version": protocol.VERSION}
+    for key, arr in result.items():
+        out[key] = arr.tolist()
+    return out
+
+
+async def _generate(service: ModelService, name: str, version: str | None, request: Request) -> Response:
+    protocol.check_model(service, name, version)
+    g = await _read_generate(service, request)
+    gone = client_gone(request) if service.diffusion is not None else None
+    results = await service.run([g.item], g.seed, g.noise_scale, g.sampling, gone)
+    return JSONResponse(_generated(name, results[0]))
+
+
+def _event(data: dict[str, Any], kind: str | None = None) -> bytes:
+    head = f"event: {kind}\n" if kind else ""
+    return (head + "data: " + json.dumps(data, separators=(",", ":")) + "\n\n").encode()
+
+
+async def _generate_stream(service: ModelService, name: str, version: str | None, request: Request) -> Response:
+    protocol.check_model(service, name, version)
+    g = await _read_generate(service, request)
+
+    async def one_pass() -> AsyncIterator[bytes]:
+        try:
+            results = await service.run([g.item], g.seed, g.noise_scale, g.sampling)
+        except ApiError as e:
+            yield _event({"error": e.message}, "error")
+            return
+        yield _event({**_generated(name, results[0]), "done": True})
+
+    if service.diffusion is None:
+        return StreamingResponse(one_pass(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    events: asyncio.Queue[Progress] = asyncio.Queue()
+    sample = service.stream([g.item], g.seed, g.sampling, events.put_nowait, g.every, g.noise_scale)
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            async with asyncio.timeout(service.settings.request_timeout_s):
+                while True:
+                    getter = asyncio.ensure_future(events.get())
+                    await asyncio.wait((getter, sample.future), return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        getter.cancel()
+                        if sample.future.exception() is not None:
+                            raise sample.future.exception()  # type: ignore[misc]
+                        continue  # finished: its last event is already queued
+                    p = getter.result()
+                    yield _event({**_generated(name, p.arrays[0]), "step": p.step, "steps": p.steps, "done": p.done})
+                    if p.done:
+                        return
+        except TimeoutError:
+            yield _event({"error": f"no answer within {service.settings.request_timeout_s}s"}, "error")
+        except Exception as e:  # the step loop failed: the stream says so, the server keeps going
+            yield _event({"error": f"sampling failed ({type(e).__name__})"}, "error")
+        finally:
+            sample.cancel()  # the client left or it finished: either way it leaves the step loop
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     """A pydantic JSON schema with its ``$defs`` inlined (for a requestBody in openapi_extra)."""
     defs = schema.pop("$defs", {})
@@ -295,6 +437,21 @@ INFER_BODY = {
 }
 _both_forms("GET", "", _metadata, response_model=ModelMetadataResponse, description="Inputs and outputs as tensors.")
 _both_forms("GET", "/ready", _ready, response_model=ReadyResponse, description="200 once the model is ready.")
+_both_forms(
+    "POST",
+    "/generate",
+    _generate,
+    description=GENERATE_DOC,
+    dependencies=[Depends(require_api_key)],
+)
+_both_forms(
+    "POST",
+    "/generate_stream",
+    _generate_stream,
+    description=STREAM_DOC,
+    dependencies=[Depends(require_api_key)],
+    response_class=StreamingResponse,
+)
 _both_forms(
     "POST",
     "/infer",

@@ -76,6 +76,11 @@ class ModelMetadataResponse(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    parameters: dict[str, str | int | float | bool] | None = Field(
+        None,
+        description="a diffusion model's request parameters: <name>_default, <name>_min/_max, sampler_choices "
+        "(absent for a model answered in one pass)",
+    )
 
 
 class ServerMetadataResponse(BaseModel):
