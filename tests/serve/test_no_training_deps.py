@@ -1,10 +1,11 @@
 """Serving must not need the training-only libraries, nor PyTorch.
 
 * In this venv: the serving path imports none of the training extra's libraries.
-* In a fresh venv: the two packages built (`python -m build`: sdist, then the wheel from it), installed with plain
-  `pip install` (no PyTorch, no extras), serve a tutorial bundle over real HTTP, and answer
-  what the PyTorch runtime answers (to float tolerance); the commands that need PyTorch say which
-  extra to install instead of failing with a traceback.
+* In a fresh venv: the two packages built (`python -m build`: sdist, then the wheel from it),
+  installed with plain `pip install` (no PyTorch, no extras), serve the tutorial bundles
+  (autoencoder, label-conditioned, diffusion) over real HTTP and answer what the PyTorch runtime
+  answers (to float tolerance); the commands that need PyTorch say which extra to install instead
+  of failing with a traceback.
 
 The fresh venv's packages come from the package index pip is set up with (the same one
 `make setup` installs from; pip's cache makes a repeat run local). Building and installing takes
@@ -143,30 +144,40 @@ def _fresh_eirserve(venv: Path, model: Path) -> Iterator[RealServer]:
         server.stop()
 
 
-def _outputs(url: str, body: list[dict[str, object]], seed: int) -> list[np.ndarray]:
-    r = httpx.post(f"{url}/predict", params={"seed": seed}, json=body, timeout=30)
+def _outputs(url: str, body: list[dict[str, object]], seed: int, output: str) -> list[np.ndarray]:
+    r = httpx.post(f"{url}/predict", params={"seed": seed}, json=body, timeout=60)
     assert r.status_code == 200, r.text
-    return [np.frombuffer(base64.b64decode(x["mnist_output"]), np.float32) for x in r.json()["result"]]
+    return [np.frombuffer(base64.b64decode(x[output]), np.float32) for x in r.json()["result"]]
 
 
-def test_the_wheels_serve_a_tutorial_bundle_as_the_pytorch_runtime_does(
-    fresh_venv: Path, tiny_bundle: Path, tiny_conditional_bundle: Path, digits_dir: Path
+def test_the_wheels_serve_tutorial_bundles_as_the_pytorch_runtime_does(
+    fresh_venv: Path, tiny_bundle: Path, tiny_conditional_bundle: Path, tiny_diffusion_run: Path, digits_dir: Path
 ) -> None:
     image = base64.b64encode(np.load(digits_dir / "mnist_npy" / "10005.npy").tobytes()).decode()
-    cases = [
-        (tiny_bundle, [{"mnist": image}, {"mnist": base64.b64encode(bytes(range(64))).decode()}]),
+    label_only = [{"mnist_label": {"CLASS": "3"}}, {"mnist_label": {"CLASS": "8"}}]
+    cases = [  # (model, items, output, absolute tolerance)
+        (tiny_bundle, [{"mnist": image}, {"mnist": base64.b64encode(bytes(range(64))).decode()}], "mnist_output", 1e-3),
         # the label alone: the image is imputed with seeded noise, the same on both runtimes
-        (tiny_conditional_bundle, [{"mnist_label": {"CLASS": "3"}}, {"mnist": image, "mnist_label": {"CLASS": "5"}}]),
+        (
+            tiny_conditional_bundle,
+            [label_only[0], {"mnist": image, "mnist_label": {"CLASS": "5"}}],
+            "mnist_output",
+            1e-3,
+        ),
+        # diffusion: the sampling loop in NumPy around the graph, from seeded noise (pixel scale 0..255;
+        # the runtimes' rounding grows over the steps, as in tests/serve/test_diffusion_serving.py)
+        (tiny_diffusion_run, label_only, "mnist", 0.05),
     ]
-    for model, body in cases:
+    for model, body, output, atol in cases:
         with _fresh_eirserve(fresh_venv, model) as served:  # this venv's eirserve: no PyTorch installed
             info = httpx.get(f"{served.url}/info", timeout=10).json()
             assert info["model"]["runtime"] == "onnxruntime", info["model"]
-            got = _outputs(served.url, body, seed=21)
+            got = _outputs(served.url, body, 21, output)
         with eirserve(model, "--runtime", "torch") as reference:  # the test venv's, on PyTorch
             assert httpx.get(f"{reference.url}/info", timeout=10).json()["model"]["runtime"] == "torch"
-            want = _outputs(reference.url, body, seed=21)
+            want = _outputs(reference.url, body, 21, output)
         assert len(got) == len(want) == len(body)
         for g, w in zip(got, want, strict=True):
             assert g.shape == (64,) and np.isfinite(g).all()
-            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-3)
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=atol)
+        assert not np.array_equal(got[0], got[1])  # two different answers: not a constant
