@@ -26,6 +26,11 @@
    check: nearest < 1/3 of the second nearest, or identical). Writes
    benchmarks/results/conditional_quality.* (with --nproc N > 1 the model is trained under
    torchrun with N processes, and the results go to conditional_quality_nproc<N>.*)
+
+The diffusion models (examples/diffusion) are measured beside this MSE model, with this split,
+judge and these measures plus a second feature space (raw-pixel PCA, where a classifier's
+features hide less of the variety within a class), by benchmarks/generation_quality.py;
+`--with-diffusion` runs it after this one (its own options: `generation_quality.py --help`).
 """
 
 from __future__ import annotations
@@ -167,6 +172,11 @@ def main() -> None:
     ap.add_argument("--nproc", type=int, default=1, help="train under torchrun with this many processes")
     ap.add_argument("--noise-scales", default="0.5,1.0,1.5,2.0,2.5,3.0,4.0,5.0,6.0,8.0,10.0",
                     help="comma-separated scales of the imputed N(0,1) noise to compare (1.0 = EIR)")  # fmt: skip
+    ap.add_argument(
+        "--with-diffusion",
+        action="store_true",
+        help="then run benchmarks/generation_quality.py: diffusion beside MSE, in MLP and pixel-PCA features",
+    )
     a = ap.parse_args()
     try:
         scales = sorted({float(s) for s in a.noise_scales.split(",")} | {1.0})
@@ -268,6 +278,9 @@ def main() -> None:
     md = render_md(result, train_s, a.nproc)
     (RESULTS / f"{stem}.md").write_text(md)
     print(md)
+    if a.with_diffusion:
+        gq = [sys.executable, str(Path(__file__).with_name("generation_quality.py")), "--per-label", str(a.per_label)]
+        sys.exit(subprocess.run([*gq, "--seeds", str(a.seeds)], check=False).returncode)
 
 
 def render_md(r: dict[str, Any], train_s: float, nproc: int) -> str:

@@ -38,6 +38,7 @@ FROM ${PYTHON_IMAGE}
 COPY --from=build /opt/eir /opt/eir
 RUN useradd --create-home --uid 10001 eir && mkdir /models && chown eir /models
 COPY examples/tutorial /app/examples/tutorial
+COPY examples/diffusion /app/examples/diffusion
 COPY docker/train_once.sh /app/train_once.sh
 COPY docker/train_job.sh /app/train_job.sh
 WORKDIR /app

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,4 +111,23 @@ def test_train_once_skips_its_own_bundle_and_refuses_another_runs(tmp_path: Path
     r = _train_once(tmp_path, TUTORIAL_RUN="autoencoder")
     assert r.returncode == 2 and "another run" in r.stderr and "tutorial_autoencoder_8" in r.stderr
     r = _train_once(tmp_path, TUTORIAL_RUN="vae")
-    assert r.returncode == 2 and "use autoencoder or conditional" in r.stderr
+    assert r.returncode == 2 and "use autoencoder, conditional or diffusion" in r.stderr
+
+
+@pytest.mark.slow
+def test_train_once_trains_the_diffusion_example(tmp_path: Path) -> None:
+    """TUTORIAL_RUN=diffusion: examples/diffusion trained into the folder compose serves from."""
+    import os
+
+    from eir_core.bundle import read_manifest
+
+    env = {**os.environ, "MODELS_DIR": str(tmp_path), "TUTORIAL_RUN": "diffusion", "N_EPOCHS": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # eirtrain, eir-data
+    env["TMPDIR"] = str(tmp_path)
+    r = subprocess.run(
+        ["bash", str(ROOT / "docker" / "train_once.sh")], capture_output=True, text=True, timeout=900, cwd=ROOT, env=env
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    (bundle,) = (tmp_path / "saved_models").glob("tutorial_diffusion_8_checkpoint_*.safetensors")
+    manifest = read_manifest(bundle)
+    assert manifest.diffusion_outputs["mnist"].inference_steps == 50
