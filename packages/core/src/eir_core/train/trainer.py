@@ -1,5 +1,4 @@
-"""The training run as an outline: ``setup`` -> ``train`` (step, ``evaluate``,
-``save_checkpoint``) -> ``cleanup``.
+"""The training run as an outline: ``setup`` -> ``train`` (step, ``evaluate``, ``save_checkpoint``) -> ``cleanup``.
 
 The pieces live beside this file and take explicit arguments: ``run_folder`` (may a run start,
 resume or start over here), ``steps`` (batches, loss, validation), ``artifacts`` (histories,
