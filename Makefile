@@ -6,6 +6,8 @@
 #               trained by 2 processes under torchrun
 #   make test   set up .venv and run the whole test suite (what CI runs)
 #   make lint   ruff + mypy;   make bench   benchmark scripts -> benchmarks/results/
+#   make dist   wheels and sdists of eir-core and eir-serve in dist/ (version: the VERSION file);
+#               make release-smoke installs them in fresh venvs, trains and serves
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,7 +18,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 DEMO_DIR ?= examples/tutorial
 
-.PHONY: setup browser demo demo-conditional demo-diffusion demo-torchrun test lint bench docker-smoke grpc-stubs clean
+.PHONY: dist release-smoke setup browser demo demo-conditional demo-diffusion demo-torchrun test lint bench docker-smoke grpc-stubs clean
 
 $(VENV)/.installed: packages/core/pyproject.toml requirements-dev.txt $(wildcard services/serve/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +63,14 @@ bench: setup
 	$(PY) benchmarks/train_throughput.py $(BENCH_FLAGS)
 	$(PY) benchmarks/serve_load.py --levers $(BENCH_FLAGS)
 
+dist: setup
+	rm -rf dist
+	$(PY) -m build --outdir dist packages/core
+	$(PY) -m build --outdir dist services/serve
+
+release-smoke: dist
+	bash scripts/release_smoke.sh dist
+
 docker-smoke:
 	bash scripts/docker_smoke.sh
 
@@ -69,4 +79,4 @@ grpc-stubs: setup
 	bash scripts/gen_grpc.sh $(PY)
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR)/runs $(DEMO_DIR)/data
+	rm -rf $(VENV) $(DEMO_DIR)/runs $(DEMO_DIR)/data dist

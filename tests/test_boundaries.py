@@ -15,6 +15,9 @@ PUBLIC_CORE = {
     "eir_core.onnx_runtime",
     "eir_core.device",
     "eir_core.errors",
+    "eir_core.extras",  # which extra brings what: eirserve names eir-serve[torch] without PyTorch
+    "eir_core.diffusion",  # the diffusion sampling arithmetic (NumPy), which eirserve's sampler runs
+    "eir_core.diffusion_sampling",
 }
 
 

@@ -35,11 +35,28 @@ def test_compose_trains_once_then_serves_with_healthcheck() -> None:
 
 def test_serve_image_is_non_root_with_healthcheck_and_no_training_extra() -> None:
     text = (ROOT / "docker" / "serve.Dockerfile").read_text()
-    assert text.startswith("#") and "FROM python:3.11-slim" in text
+    assert text.startswith("#") and "ARG PYTHON_IMAGE=python:3.11-slim" in text
     assert "USER eir" in text and "HEALTHCHECK" in text and 'ENTRYPOINT ["eirserve"]' in text
     assert "EXPOSE 8000 8001" in text and "EIR_SERVE_GRPC_PORT=8001" in text
     assert "[train]" not in text and "matplotlib" not in text and "scikit-learn" not in text
-    assert text.index('pip install "${TORCH_SPEC}"') < text.index("COPY packages/core /src")  # deps cached first
+    assert text.index('pip install "$TORCH_SPEC"') < text.index("COPY packages/core /src")  # deps cached first
+
+
+def test_images_are_two_stages_and_the_cpu_serve_image_has_no_pytorch() -> None:
+    """The default serve image runs ONNX Runtime: PyTorch only when TORCH_SPEC is given (the CUDA
+    variant). Both images keep the built environment and leave the installer behind."""
+    for name in ("serve.Dockerfile", "train.Dockerfile"):
+        text = (ROOT / "docker" / name).read_text()
+        froms = [line for line in text.splitlines() if line.startswith("FROM ")]
+        assert froms == ["FROM ${PYTHON_IMAGE} AS build", "FROM ${PYTHON_IMAGE}"], name
+        final = text[text.index("FROM ${PYTHON_IMAGE}\n") :]
+        assert "COPY --from=build /opt/eir /opt/eir" in final and "pip install" not in final, name
+        assert "pip uninstall -y -q pip setuptools" in text, name
+    serve = (ROOT / "docker" / "serve.Dockerfile").read_text()
+    assert "ARG TORCH_SPEC=\n" in serve and 'if [ -n "$TORCH_SPEC" ]' in serve
+    assert "ARG TORCH_SPEC=torch==2.13.0" in (ROOT / "docker" / "train.Dockerfile").read_text()
+    gpu = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["serve-gpu"]["build"]["args"]
+    assert gpu["TORCH_SPEC"].startswith("torch==") and "/whl/cu" in gpu["TORCH_INDEX_URL"]  # the CUDA variant
 
 
 def test_images_take_their_dependencies_from_the_pyproject_files() -> None:

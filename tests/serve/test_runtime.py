@@ -139,3 +139,28 @@ def test_serving_on_onnx_runtime_never_imports_torch(tiny_conditional_bundle: Pa
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "SERVED"
+
+
+# --- eir-serve installed without PyTorch (its [torch] extra not taken) ----------------------
+
+
+@pytest.fixture()
+def no_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "torch_installed", lambda: False)
+
+
+def test_without_pytorch_auto_serves_a_graph_on_the_cpu_even_where_a_gpu_is_visible(
+    tiny_bundle: Path, no_torch: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime, "gpu_visible", lambda: True)
+    assert resolve_runtime(Settings(model_path=tiny_bundle), tiny_bundle) == "onnx"
+
+
+def test_without_pytorch_what_needs_it_names_the_extra(tiny_bundle: Path, graphless: Path, no_torch: None) -> None:
+    for settings, path, why in (
+        (Settings(model_path=tiny_bundle, runtime="torch"), tiny_bundle, "--runtime torch"),
+        (Settings(model_path=tiny_bundle, device="cuda"), tiny_bundle, "--device cuda"),
+        (Settings(model_path=graphless), graphless, "has no ONNX graph"),
+    ):
+        with pytest.raises(ValueError, match=rf"{why}.*needs PyTorch.*pip install 'eir-serve\[torch\]'"):
+            resolve_runtime(settings, path)

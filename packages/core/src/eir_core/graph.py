@@ -14,6 +14,9 @@ releases but still shipped; when it goes, this falls back to eager by the same p
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 import logging
 import warnings
 from collections.abc import Callable

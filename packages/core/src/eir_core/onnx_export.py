@@ -13,6 +13,9 @@ extra); without them there is no graph either, and serving uses PyTorch.
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 import contextlib
 import copy
 import io

@@ -8,6 +8,9 @@ pass runs the PyTorch module (or its TorchScript graph).
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eir_core.bundle import has_graph
+from eir_core.extras import torch_installed
 
 if TYPE_CHECKING:
     from eir_core.inference import Runner
@@ -36,11 +37,20 @@ def onnxruntime_installed() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
+def _torch_or_error(why: str) -> str:
+    """``"torch"`` when PyTorch is installed; else an error that says ``why`` it was needed and
+    which extra brings it (eir-serve installs without PyTorch)."""
+    if not torch_installed():
+        raise ValueError(f"{why} needs PyTorch, which is not installed here: pip install 'eir-serve[torch]'")
+    return "torch"
+
+
 def resolve_runtime(settings: Settings, bundle_path: Path) -> str:
     """``"onnx"`` or ``"torch"``; a ValueError names the flag when the choice cannot work."""
     if settings.runtime == "torch":
-        return "torch"
-    cpu = settings.device == "cpu" or (settings.device == "auto" and not gpu_visible())
+        return _torch_or_error("--runtime torch")
+    # Without PyTorch there is no CUDA runtime: --device auto means the CPU.
+    cpu = settings.device == "cpu" or (settings.device == "auto" and not (gpu_visible() and torch_installed()))
     if settings.runtime == "onnx":
         if not cpu:
             raise ValueError(
@@ -56,7 +66,15 @@ def resolve_runtime(settings: Settings, bundle_path: Path) -> str:
                 f"{bundle_path}`, or pass --runtime torch"
             )
         return "onnx"
-    return "onnx" if cpu and onnxruntime_installed() and has_graph(bundle_path) else "torch"
+    if cpu and onnxruntime_installed() and has_graph(bundle_path):
+        return "onnx"
+    if not cpu:
+        return _torch_or_error(f"--device {settings.device}")
+    if not has_graph(bundle_path):
+        return _torch_or_error(
+            f"{bundle_path} has no ONNX graph (`eir-bundle add-graph` adds one, with eir-core[train]); serving it"
+        )
+    return _torch_or_error("without onnxruntime, serving")
 
 
 def forward_threads(settings: Settings, device_type: str) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from eir_core.bundle import GRAPH_META_KEY, has_graph, read_manifest, resolve_bundle_path
 from eir_core.errors import EirError
+from eir_core.extras import require
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,6 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = resolve_bundle_path(args.path)
         m = read_manifest(path)
         if args.command == "add-graph":
+            if not (has_graph(path) and not args.force):
+                require("train", "eir-bundle add-graph (PyTorch's ONNX exporter, checked on onnxruntime)")
             return _add_graph(path, args.force)
         graph = has_graph(path)
     except EirError as e:

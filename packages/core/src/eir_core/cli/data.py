@@ -29,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--split", choices=("train", "test", "all"), default="train")
     args = p.parse_args(argv)
     try:
+        from eir_core.extras import require
+
+        require("train", "eir-data")  # scikit-learn's digits, resized with PyTorch
         from eir_core.data.builtin import make_digits, write_tutorial_layout
 
         if args.count is not None if args.command == "digits" else False:

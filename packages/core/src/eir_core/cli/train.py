@@ -59,6 +59,13 @@ def setup_logging(run_dir: Path | None, level: str = "info", rank: int | None = 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    from eir_core.extras import require
+
+    try:  # eir-core installed without its training extra (a serving install): one line, not a traceback
+        require("train", "eirtrain")
+    except EirError as e:
+        print(f"eirtrain: error: {e}", file=sys.stderr)
+        return 2
     from eir_core.config.load import build_experiment_config  # no PyTorch yet (see below)
     from eir_core.data import read_ahead
     from eir_core.train import render

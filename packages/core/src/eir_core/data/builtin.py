@@ -9,6 +9,9 @@ IDs start at 10000 (8x8) or 20000 (other sizes).
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 import csv
 import io
 from pathlib import Path

@@ -7,6 +7,9 @@ are kept and those inputs imputed (see ``eir_core.imputation``). Both counts are
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 import logging
 import math
 from collections.abc import Iterator

@@ -24,6 +24,9 @@ closest settings (each within +-1 of the asked ones) that give the wanted output
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 from dataclasses import dataclass
 
 import torch

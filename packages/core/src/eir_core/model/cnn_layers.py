@@ -7,6 +7,9 @@ written in operations the ONNX exporter (opset 17, TorchScript-based) knows.
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 import math
 
 import torch

@@ -22,6 +22,9 @@ model already gives that many), reshaped to (C, H, W).
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 import math
 from typing import Any
 

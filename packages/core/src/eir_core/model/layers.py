@@ -6,6 +6,9 @@ Module and parameter names follow EIR's (``fc_0``, ``norm_1``, ``ls.gamma``, ``p
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 import math
 
 import torch

@@ -23,6 +23,9 @@ that count is the first LCL residual block, else the first LCL, that hits it (se
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 import math
 from dataclasses import dataclass
 from functools import lru_cache

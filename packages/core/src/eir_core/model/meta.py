@@ -14,6 +14,9 @@ built only when some output reads it, as in EIR.
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 import types
 
 import torch

@@ -13,6 +13,9 @@ block, then more blocks with more sets and wider kernels until the width is at o
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 import math
 
 import numpy as np

@@ -15,6 +15,9 @@ start-up and ~50 MB of memory that a training run without ``torch.compile`` neve
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 import math
 from collections.abc import Iterable
 from typing import Any

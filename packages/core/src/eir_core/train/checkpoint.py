@@ -9,6 +9,9 @@ always written and kept. The resume state (weights, optimizer, schedule, RNG, it
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 import json
 import logging
 import struct

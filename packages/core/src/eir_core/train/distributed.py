@@ -10,6 +10,9 @@ travel as UTF-8 JSON in uint8 tensors, never as pickles.
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 import json
 import logging
 import os

@@ -6,6 +6,9 @@ arrays (fields ``Latent`` float64 and ``ID``), in chunks of ``batch_size_for_sav
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 import difflib
 from collections.abc import Callable
 from pathlib import Path

@@ -8,6 +8,9 @@ the same; otherwise those streams start afresh (with a warning).
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 import base64
 import logging
 from dataclasses import dataclass, field

@@ -3,6 +3,9 @@ the end) and the resume state beside it."""
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 import logging
 import time
 from collections.abc import Iterator

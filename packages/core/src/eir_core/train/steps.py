@@ -6,6 +6,9 @@ training (modality dropout), impute what is missing, move to the device.
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 from typing import TYPE_CHECKING, Any
 
 import numpy as np

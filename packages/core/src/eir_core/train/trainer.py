@@ -1,5 +1,4 @@
-"""The training run as an outline: ``setup`` -> ``train`` (step, ``evaluate``,
-``save_checkpoint``) -> ``cleanup``.
+"""The training run as an outline: ``setup`` -> ``train`` (step, ``evaluate``, ``save_checkpoint``) -> ``cleanup``.
 
 The pieces live beside this file and take explicit arguments: ``run_folder`` (may a run start,
 resume or start over here), ``steps`` (batches, loss, validation), ``artifacts`` (histories,
@@ -20,6 +19,9 @@ signal on any rank) are made from numbers all ranks share.
 
 from __future__ import annotations
 
+from eir_core import _require_torch  # noqa: F401  (first: without PyTorch, an error naming the extra)
+
+# isort: split
 import logging
 import signal
 import time
