@@ -58,7 +58,7 @@ lint: setup
 BENCH_FLAGS ?=
 # The documentation site (MkDocs + Material), built strictly (a broken link fails): site/.
 docs: setup
-	$(PY) -m mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 # Every shell and Python block of README.md and the docs pages, in page order, in fresh clones of
 # HEAD (they set themselves up: make demo, .venv, training, servers on 8000/8001); ~10 minutes.
