@@ -48,7 +48,7 @@ demo-torchrun: setup
 TEST_WORKERS ?= 2
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 lint: setup
 	$(PY) -m ruff check .

@@ -1,8 +1,11 @@
 """Shared fixtures: the built-in digits on disk and tiny trained bundles (session-scoped,
-trained once per test run in a few seconds)."""
+trained once per test run in a few seconds; under pytest-xdist, once for all workers)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,12 +15,34 @@ from eir_core.data.builtin import make_digits, write_tutorial_layout
 from tests.helpers import tutorial_configs
 
 
-@pytest.fixture(scope="session")
-def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("digits8")
+def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], Path]) -> Path:
+    """``make(folder)`` once per test run: under pytest-xdist the first worker to ask makes it
+    (under a file lock, in the run's shared temporary folder) and the others use what it made.
+    The things made this way are only read by the tests."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return make(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent  # pytest-N/: this run's, above each worker's own
+    done = shared / f"{name}.path"
+    with (shared / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if make() fails
+        if done.is_file():
+            return Path(done.read_text())
+        folder = shared / f"shared-{name}"
+        folder.mkdir()
+        result = make(folder)
+        done.write_text(str(result))
+        return result
+
+
+def _digits(d: Path) -> Path:
     images, labels = make_digits(8)
     write_tutorial_layout(d, images, labels, 10000)
     return d
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return once_per_run(tmp_path_factory, "digits8", _digits)
 
 
 def _train(tmp: Path, data: Path, conditional: bool) -> Path:
@@ -31,10 +56,10 @@ def _train(tmp: Path, data: Path, conditional: bool) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) -> Path:
     """The last checkpoint of a short run-1 (autoencoder) training on the 8x8 digits."""
-    return _train(tmp_path_factory.mktemp("ae"), digits_dir, conditional=False)
+    return once_per_run(tmp_path_factory, "ae", lambda d: _train(d, digits_dir, conditional=False))
 
 
 @pytest.fixture(scope="session")
 def tiny_conditional_bundle(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) -> Path:
     """Run-2 shape: image + label inputs, modality dropout 0.3 on the image."""
-    return _train(tmp_path_factory.mktemp("cond"), digits_dir, conditional=True)
+    return once_per_run(tmp_path_factory, "cond", lambda d: _train(d, digits_dir, conditional=True))

@@ -6,15 +6,18 @@ drawing never holds up training.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from eir_core._fs import atomic_write_text
+from eir_core.config.schema import ExperimentConfig
 from eir_core.data.dataset import RunData, TabularColumn
 from eir_core.train.render import Renderer
 
+log = logging.getLogger("eir_core.train")
 TRAIN_CURVE_EVERY = 5  # every 5th training loss is plenty for a curve and keeps the job small
 
 
@@ -82,19 +85,18 @@ class Artifacts:
     def output_history_path(self, name: str) -> Path:
         return self._output_dir(name) / f"validation_{name}_history.log"
 
-    def past_histories(self, h: Histories, upto: int) -> list[str]:
+    def past_histories(self, h: Histories, upto: int) -> None:
         """A resumed run's histories before it stopped (iterations 1..``upto``), read back from
-        the files the run wrote, so that the files and curves keep the whole run. Returns
-        what could not be read back, for a warning."""
+        the files the run wrote, so that the files and curves keep the whole run (the
+        validation history travels in the resume state). What cannot be read is a warning."""
         problems = []
         h.train, why = read_history(self.train_history_path(), upto)
-        if why:
-            problems.append(why)
+        problems.append(why)
         for n in h.outputs:
             h.outputs[n], why = read_history(self.output_history_path(n), upto)
-            if why:
-                problems.append(why)
-        return problems
+            problems.append(why)
+        for problem in filter(None, problems):
+            log.warning("resume: %s; the history before iteration %d is incomplete", problem, upto)
 
     def _csv(self, path: Path, header: str, rows: list[tuple[Any, ...]]) -> None:
         self.record(path)
@@ -149,6 +151,14 @@ class LabelTable:
 
 MAX_LABEL_CSV_BYTES = 64 << 20
 MAX_LABEL_VALUES = 50  # more distinct values than this is not a label to colour by
+
+
+def array_sources(cfg: ExperimentConfig) -> list[Path]:
+    """The array folders a run reads: its array inputs', then its array outputs'."""
+    out = [Path(ic.input_info.input_source) for ic in cfg.input_configs if ic.input_info.input_type == "array"]
+    return out + [
+        Path(oc.output_info.output_source) for oc in cfg.output_configs if oc.output_info.output_type == "array"
+    ]
 
 
 def labels_beside(array_folders: list[Path]) -> LabelTable | None:
