@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from eir_core.cli.train import main as eirtrain
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # Several test processes share the cores (make test: 2): one intra-op thread each, for PyTorch
+    # here and for every eirtrain/eirserve a test starts, instead of each spinning up one per core
+    # (the tests' models are tiny; this sets no thread count a test checks). Before torch loads.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+from eir_core.cli.train import main as eirtrain  # after the thread settings above
 from eir_core.data.builtin import make_digits, write_tutorial_layout
 from tests.helpers import tutorial_configs
 
