@@ -179,7 +179,7 @@ def parse_page(text: str, page: str) -> list[Step]:
             pending = None
             i = j + 1
             continue
-        if "<!--" in line and "run:" in line:
+        if line.lstrip().startswith("<!--") and "run:" in line:  # a comment of its own, not one quoted in prose
             start = i
             chunk = line
             while "-->" not in chunk and i + 1 < len(lines):

@@ -135,6 +135,11 @@ def test_mistakes_in_a_page_are_errors_naming_the_line(page: str, message: str) 
     assert str(e.value).startswith(("p.md:1:", "p.md:2:"))  # the comment's line or its block's
 
 
+def test_a_comment_quoted_in_prose_is_not_a_directive() -> None:
+    page = "Mark a block with `<!-- run: skip REASON -->` above it.\n\n```bash\necho hi\n```\n"
+    assert blocks(page)[0].directive == rd.Directive()
+
+
 def test_the_extra_must_be_visible_text_not_only_in_a_comment() -> None:
     hidden = '<!-- run: eirtrain-extra="--n=2" -->\n```bash\neirtrain\n```\n<!-- --n=2 -->\n'
     with pytest.raises(rd.DocsError, match="not shown"):
@@ -247,17 +252,22 @@ def test_nav_lists_every_page_and_every_page_parses() -> None:
 
 
 def _commands(code: str) -> list[list[str]]:
-    """Each simple command of a shell block as words (continuations joined, comments, pipes and
-    ;/&& separators split off, leading VAR=value assignments dropped)."""
+    """Each simple command of a shell block as words (continuations joined, comments, pipes,
+    ;/&& separators and redirections split off, leading VAR=value assignments dropped)."""
     out: list[list[str]] = []
     joined = code.replace("\\\n", " ")
     for line in joined.splitlines():
-        lex = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+        lex = shlex.shlex(line, posix=True, punctuation_chars=";&|<>")
         lex.whitespace_split = True
         lex.commenters = "#"
         words: list[str] = []
+        redirect = False
         for w in [*list(lex), ";"]:
-            if set(w) <= set(";&|"):
+            if redirect:  # the file of a redirection is no argument
+                redirect = False
+            elif set(w) <= set("<>"):
+                redirect = True
+            elif set(w) <= set(";&|"):
                 while words and "=" in words[0] and not words[0].startswith("-"):
                     words.pop(0)
                 if words:
