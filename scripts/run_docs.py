@@ -27,7 +27,9 @@ allowed), which the rendered page does not show::
                                                                 processes (as Ctrl-C would)
 
 Several settings may share one comment (``<!-- run: background ready=URL timeout=60 -->``).
-Background processes left at the end of a page are stopped there.
+Background processes left at the end of a page are stopped there. A block fails when it exits
+with another status than expected, or prints a Python traceback (a background process too,
+by the time it is stopped).
 
     python scripts/run_docs.py                 README.md, then the docs site (CI)
     python scripts/run_docs.py --list          the blocks and what would happen to each
@@ -62,6 +64,7 @@ PYTHON_LANGS = {"python", "py"}
 DEFAULT_TIMEOUT_S = 900.0
 READY_TIMEOUT_S = 300.0
 TRAIN_COMMANDS = ("eirtrain", "torchrun")
+TRACEBACK = "Traceback (most recent call last)"
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*)$")
 DIRECTIVE = re.compile(r"<!--\s*run:(?P<body>.*?)-->", re.S)
@@ -355,6 +358,8 @@ class Session:
                 return False, f"did not finish in {b.directive.timeout:.0f} s"
         if r.returncode != b.directive.exit:
             return False, f"exit status {r.returncode}, expected {b.directive.exit}"
+        if TRACEBACK in log.read_text(errors="replace"):
+            return False, "it printed a Python traceback (a reader would take it for a failure)"
         return True, ""
 
     def start_background(self, b: Block, body: str, log: Path) -> tuple[bool, str]:
@@ -383,9 +388,10 @@ class Session:
         return False, f"{url} did not answer 200 within {READY_TIMEOUT_S:.0f} s"
 
     def stop_background(self) -> list[str]:
-        """Ctrl-C to each background process group, then SIGKILL after 30 s."""
+        """Ctrl-C to each background process group, then SIGKILL after 30 s. Returns what went
+        wrong: a process that did not stop, or one that printed a traceback."""
         problems: list[str] = []
-        for b, proc, _ in reversed(self.background):
+        for b, proc, log in reversed(self.background):
             if proc.poll() is None:
                 _signal_group(proc, signal.SIGINT)
                 try:
@@ -394,6 +400,8 @@ class Session:
                     _signal_group(proc, signal.SIGKILL)
                     proc.wait()
                     problems.append(f"{b.where}: did not stop within 30 s of Ctrl-C; killed")
+            if TRACEBACK in log.read_text(errors="replace"):
+                problems.append(f"{b.where}: printed a Python traceback (see {log})")
         self.background.clear()
         return problems
 
@@ -411,6 +419,13 @@ def _answers(url: str) -> bool:
             return bool(r.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def _report_stop(session: Session) -> bool:
+    problems = session.stop_background()
+    for p in problems:
+        print(f"   FAIL {p}")
+    return not problems
 
 
 def fresh_checkout(root: Path, dest: Path, from_worktree: bool) -> None:
@@ -472,8 +487,8 @@ def run_track(name: str, pages: list[Path], root: Path, work: Path, from_worktre
             print(f"-- {rel}: {sum(isinstance(s, Block) for s in steps)} blocks", flush=True)
             for step in steps:
                 if isinstance(step, Stop):
-                    for p in session.stop_background():
-                        print(f"   {p}")
+                    if not _report_stop(session):
+                        return False
                     continue
                 if step.directive.skip:
                     skipped += 1
@@ -494,8 +509,8 @@ def run_track(name: str, pages: list[Path], root: Path, work: Path, from_worktre
                             print(f"--- background {blog.name} (pid {proc.pid}), last 20 lines ---")
                             print("\n".join(blog.read_text(errors="replace").splitlines()[-20:]))
                     return False
-            for p in session.stop_background():  # a page's servers end with the page
-                print(f"   {p}")
+            if not _report_stop(session):  # a page's servers end with the page
+                return False
     finally:
         session.stop_background()
     print(f"== {name}: {ran} blocks ran, {skipped} skipped, {time.monotonic() - t_track:.0f} s", flush=True)

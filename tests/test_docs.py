@@ -211,6 +211,19 @@ def test_a_failing_block_and_the_expected_exit_status(tmp_path: Path) -> None:
     assert s.run(expected, 1, tmp_path / "1.log") == (True, "")
 
 
+def test_a_traceback_fails_a_block_that_exits_0(tmp_path: Path) -> None:
+    s, _ = _session(tmp_path)
+    code = "import sys\ntry:\n    1 / 0\nexcept ZeroDivisionError:\n    import traceback; traceback.print_exc()\n"
+    (py,) = blocks(f"```python\n{code}```\n")
+    ok, why = s.run(py, 0, tmp_path / "0.log")
+    assert not ok and "traceback" in why
+    (bg,) = blocks("<!-- run: background -->\n```bash\necho 'Traceback (most recent call last):' >&2; sleep 300\n```\n")
+    assert s.run(bg, 1, tmp_path / "1.log") == (True, "")
+    time.sleep(0.3)
+    problems = s.stop_background()
+    assert len(problems) == 1 and "printed a Python traceback" in problems[0]
+
+
 def test_background_blocks_are_stopped_with_ctrl_c(tmp_path: Path) -> None:
     s, checkout = _session(tmp_path)
     (bg,) = blocks(
