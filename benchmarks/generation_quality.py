@@ -113,6 +113,10 @@ def main() -> None:
     ap.add_argument("--guidance", default="", help="comma-separated guidance scales to add (needs label dropout)")
     ap.add_argument("--samplers", default="", help="comma-separated sampler:steps to add, e.g. ddpm:500,dpm_solver:20")
     a = ap.parse_args()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    started = time.strftime("%Y-%m-%d %H:%M")
     if a.per_label < 2 or a.seeds < 1:
         sys.exit("--per-label must be >= 2 and --seeds >= 1")
     try:
@@ -200,13 +204,10 @@ def main() -> None:
             f"  pairwise {m['pairwise_px_generated_over_real']:.2f}  ({gen_s:.1f}s)",
             flush=True,
         )
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
     result = {
         "command": _env_prefix() + "python benchmarks/generation_quality.py " + " ".join(sys.argv[1:]),
-        "commit": commit or "unknown",
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "commit": commit or "unknown",  # the checkout the run started from (HEAD may move meanwhile)
+        "date": started,
         "generations_per_label": a.per_label,
         "judge_accuracy_on_97_unseen_real_digits": round(judge_acc, 4),
         "training_seconds": {"mse": round(t_mse, 1), "diffusion": round(t_diff, 1)},

@@ -168,3 +168,23 @@ def diffusion_configs(
         str(write_yaml(folder / "output.yaml", out)),
         "--no-pbar",
     ]
+
+
+def bundle_named(src: Path, dst_dir: Path, name: str) -> Path:
+    """A copy of the bundle ``src`` whose run is called ``name`` (the model's name when served):
+    the same tensors, the manifest's ``run_name`` changed, written as ``dst_dir/<name>.safetensors``."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(src), framework="numpy") as f:
+        metadata = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    manifest = json.loads(metadata["eir_manifest"])
+    manifest["run_name"] = name
+    metadata["eir_manifest"] = json.dumps(manifest)
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    out = dst_dir / f"{name}.safetensors"
+    save_file(tensors, str(out), metadata=metadata)
+    return out

@@ -6,26 +6,32 @@
 #   SIZE=28 bash examples/tutorial/run_demo.sh       the tutorial's real 28x28 shape (10 000 images)
 #   NPROC=2 bash examples/tutorial/run_demo.sh       train with 2 processes under torchrun (DDP)
 # Needs eirtrain, eir-data, eir-bundle and eirserve on PATH (`make demo` sets that up).
+# Everything it writes goes under examples/tutorial/demo/ (data/ and runs/ there), never into
+# the tutorial's own data/ and runs/ folders, which are yours: `make clean` removes only what
+# the demo wrote (scripts/clean_demos.py).
 set -euo pipefail
 cd "$(dirname "$0")"
+mkdir -p demo
+cd demo
 kind=${1:-autoencoder}
 size=${SIZE:-8}
 nproc=${NPROC:-1}
 train=(eirtrain)
 if [ "$nproc" -gt 1 ]; then train=(torchrun --standalone --nproc-per-node "$nproc" -m eir_core.cli.train); fi
-if [ "$size" = 28 ]; then conf=.; data=data/digits28; else conf=digits8; data=data/digits8; fi
+if [ "$size" = 28 ]; then conf=..; data=data/digits28; else conf=../digits8; data=data/digits8; fi
 if [ ! -f "$data/mnist_labels.csv" ]; then
   if [ "$size" = 28 ]; then eir-data digits --size 28 --count 10000 --output-folder "$data"
   else eir-data digits --output-folder "$data"; fi
+  touch "$data/.made-by-run_demo"  # so that make clean knows this data is the demo's
 fi
 
 if [ "$kind" = diffusion ]; then
   # examples/diffusion: EIR's diffusion keys on the same digits (the configs read data/digits8 here)
   [ "$size" = 8 ] || { echo "the diffusion demo runs on the 8x8 digits (examples/diffusion/digits28 for 28x28)" >&2; exit 2; }
   run=runs/digits8_03_array_mnist_diffusion
-  "${train[@]}" --global_configs ../diffusion/globals.yaml \
-    --input_configs ../diffusion/input_mnist_array.yaml ../diffusion/input_mnist_label.yaml \
-    --output_configs ../diffusion/output.yaml \
+  "${train[@]}" --global_configs ../../diffusion/globals.yaml \
+    --input_configs ../../diffusion/input_mnist_array.yaml ../../diffusion/input_mnist_label.yaml \
+    --output_configs ../../diffusion/output.yaml \
     --globals.basic_experiment.output_folder="$run" --overwrite ${DIFFUSION_EPOCHS:+--globals.basic_experiment.n_epochs=$DIFFUSION_EPOCHS}
 elif [ "$kind" = conditional ]; then
   run=runs/$( [ "$size" = 28 ] || echo digits8_ )02_array_mnist_generation_with_labels
@@ -60,4 +66,6 @@ for _ in $(seq 600); do
   sleep 0.1  # polling the server's log for the port it bound
 done
 [ -n "$port" ] || { cat "$log" >&2; echo "eirserve did not start" >&2; exit 1; }
-python demo_client.py --url "http://127.0.0.1:$port" --data "$data" --kind "$kind"
+python ../demo_client.py --url "http://127.0.0.1:$port" --data "$data" --kind "$kind"
+echo
+echo "demo: data and run are in examples/tutorial/demo/ ($data, $run); \`make clean\` removes what the demo wrote"

@@ -15,9 +15,9 @@ from tests.helpers import tutorial_configs
 
 pytestmark = [pytest.mark.slow]
 EXTRA = [
-    "--globals.basic_experiment.n_epochs=6",
-    "--globals.evaluation_checkpoint.sample_interval=4",
-    "--globals.evaluation_checkpoint.checkpoint_interval=4",
+    "--globals.basic_experiment.n_epochs=3",  # 72 iterations: a checkpoint, samples and a validation every 6
+    "--globals.evaluation_checkpoint.sample_interval=6",
+    "--globals.evaluation_checkpoint.checkpoint_interval=6",
     "--globals.evaluation_checkpoint.n_saved_models=2",
     "--globals.evaluation_checkpoint.saved_result_detail_level=4",
     "--no-pbar",
@@ -122,14 +122,14 @@ def test_sigkill_mid_write_and_mid_run_then_resume_equals_a_clean_run(tmp_path: 
     assert r.returncode == -9, r.stderr[-2000:]
     _check_folder(run)
 
-    _kill_after_log_line(args, "--resume", "iteration 60: validation loss")
+    _kill_after_log_line(args, "--resume", "iteration 42: validation loss")
     _check_folder(run)
 
     done = subprocess.run(_cmd(args, "--resume"), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert not list((run / "saved_models").glob(".*.tmp"))  # resume removed interrupted writes
-    final = [p for p in (run / "saved_models").glob("*.safetensors") if "_checkpoint_144_" in p.name]
-    assert final and load_bundle(final[0]).manifest.training.iteration == 144
+    final = [p for p in (run / "saved_models").glob("*.safetensors") if "_checkpoint_72_" in p.name]
+    assert final and load_bundle(final[0]).manifest.training.iteration == 72
 
     clean = tmp_path / "clean"
     (tmp_path / "c").mkdir()
@@ -143,6 +143,9 @@ def test_sigkill_mid_write_and_mid_run_then_resume_equals_a_clean_run(tmp_path: 
     # Same data order, restored optimizer, schedule and random streams: the interrupted run's
     # validations at the iterations it reached after its last resume are the clean run's.
     got, want = _validation_log(run), _validation_log(clean)
-    assert len(want) == 1 + 144 // 4 and want[-1].startswith("144,")
+    assert len(want) == 1 + 72 // 6 and want[-1].startswith("72,")
     assert got[-1] == want[-1]
     assert got[-5:] == want[-5:]
+    # ... and the training history, through all four interruptions, holds every iteration once.
+    train = (run / "train_average_history.log").read_text().strip().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in train] == list(range(1, 73))

@@ -44,6 +44,8 @@ def test_interrupt_saves_and_resume_finishes(tmp_path: Path, digits_dir: Path) -
     assert t2.train() == 0
     assert t2.state.iteration == t2.total_iters == 2 * (1597 // 64)
     assert [v[0] for v in t2.state.valid_history] == [14, 20, 40, 48]
+    # The list the history file and the training curve are drawn from holds the whole run.
+    assert [r[0] for r in t2.histories.train] == list(range(1, 49))
     final = sorted((run / "saved_models").glob("*.safetensors"))
     assert any("_checkpoint_48_" in p.name for p in final)
 
@@ -151,3 +153,48 @@ def test_final_bundle_runs_on_one_thread_and_gives_the_count_back() -> None:
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def _rows(path: Path) -> list[str]:
+    return path.read_text().splitlines()[1:]
+
+
+def test_ctrl_c_then_resume_keeps_the_whole_history(tmp_path: Path, digits_dir: Path) -> None:
+    """A real eirtrain, interrupted with SIGINT (Ctrl-C) after its first validation, then resumed:
+    every history file holds the whole run, the rows written before the interruption unchanged."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "eir_core.cli.train",
+        *tutorial_configs(tmp_path, digits_dir, run, conditional=False),
+        "--globals.basic_experiment.n_epochs=4",  # 96 iterations, validation every 20
+    ]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "iteration 20: validation loss" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=300) == 130, rest[-2000:]
+    train_log, valid_log = run / "train_average_history.log", run / "validation_average_history.log"
+    out_log = run / "results" / "mnist_output" / "mnist_output" / "validation_mnist_output_history.log"
+    before = {p: _rows(p) for p in (train_log, valid_log, out_log)}
+    stopped = int(before[train_log][-1].split(",")[0])
+    assert 20 < stopped < 96, f"stopped at {stopped}"
+    assert [int(r.split(",")[0]) for r in before[train_log]] == list(range(1, stopped + 1))
+
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "incomplete" not in done.stderr
+    after = {p: _rows(p) for p in before}
+    assert [int(r.split(",")[0]) for r in after[train_log]] == list(range(1, 97))
+    for p, rows in before.items():
+        assert after[p][: len(rows)] == rows, p  # what was there before the interruption is kept as it was
+    want = sorted({20, stopped, 40, 60, 80, 96})  # every 20, the interruption's, the last
+    assert [int(r.split(",")[0]) for r in after[valid_log]] == want
+    assert [int(r.split(",")[0]) for r in after[out_log]] == want

@@ -79,7 +79,12 @@ def test_label_only_generation_is_seeded(cond_client: TestClient) -> None:
         ({"mnist": "AAAA"}, 422, "body", "expected a JSON list"),
         ([], 422, "body", "empty"),
         ([{"mnist": 5}], 422, "mnist", "base64 string"),
-        ([{"mnist": "!!notbase64!!"}], 422, "mnist", "not valid base64"),
+        (
+            [{"mnist": "!!notbase64!!"}],
+            422,
+            "mnist",
+            "not valid base64: encode the raw array bytes with standard base64 (RFC 4648",
+        ),
         ([{"mnist": base64.b64encode(b"\x00" * 63).decode()}], 422, "mnist", "expected 64 bytes"),
         ([{"mnist": ""}], 422, "mnist", "expected 64 bytes"),
         ([{"mnist_typo": "AAAA"}], 422, "mnist_typo", "unknown input"),
@@ -130,6 +135,21 @@ def test_missing_required_input_and_category_errors(client: TestClient, cond_cli
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "mnist_label"
     r = cond_client.post("/predict", json=[{"mnist_label": {"KLASS": "5"}}])
     assert r.status_code == 422 and "unknown column" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("label", [{}, {"CLASS": None}])
+def test_a_tabular_input_without_its_column_is_a_422_naming_it(
+    cond_client: TestClient, digits_dir: Path, label: dict[str, object]
+) -> None:
+    # Leaving the label out altogether is a 422 (it was trained without dropout): an empty object
+    # must not pass instead, with the column silently imputed.
+    for item in ({"mnist_label": label}, {"mnist_label": label, "mnist": b64(image(digits_dir))}):
+        r = cond_client.post("/predict", json=[{"mnist_label": {"CLASS": "3"}}, item])
+        assert r.status_code == 422, r.text
+        d = r.json()["error"]["details"][0]
+        assert d["item"] == 1 and d["field"] == "mnist_label.CLASS", d
+        assert "missing" in d["message"] and "CLASS" in d["message"]
+    assert cond_client.post("/predict", json=[{"mnist_label": {"CLASS": "3"}}]).status_code == 200
 
 
 def test_integer_categories_as_eir_clients_send_them(cond_client: TestClient) -> None:

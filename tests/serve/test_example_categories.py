@@ -26,21 +26,22 @@ CODES = ["10", "07", "3"]  # numeric strings; "07" is not the integer 7
 
 @pytest.fixture(scope="module")
 def words_bundle(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) -> Path:
-    """Image + a label input with a lowercase column (WORD) and a numeric-string one (CODE)."""
+    """Image + a label input with a lowercase column (WORD), a numeric-string one (CODE) and a
+    continuous one (WEIGHT)."""
     tmp = tmp_path_factory.mktemp("words")
     with (digits_dir / "mnist_labels.csv").open() as f:
         rows = list(csv.DictReader(f))
     labels = tmp / "labels.csv"
     with labels.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["ID", "WORD", "CODE"])
+        w.writerow(["ID", "WORD", "CODE", "WEIGHT"])
         for i, r in enumerate(rows):
-            w.writerow([r["ID"], WORDS[int(r["CLASS"])], CODES[i % 3]])
+            w.writerow([r["ID"], WORDS[int(r["CLASS"])], CODES[i % 3], 1.0 + i % 5])
     run = tmp / "run"
     args = tutorial_configs(tmp, digits_dir, run, conditional=False, basic_experiment={"n_epochs": 1})
     label = {
         "input_info": {"input_source": str(labels), "input_name": "tags", "input_type": "tabular"},
-        "input_type_info": {"input_cat_columns": ["WORD", "CODE"]},
+        "input_type_info": {"input_cat_columns": ["WORD", "CODE"], "input_con_columns": ["WEIGHT"]},
     }
     at = args.index("--input_configs") + 2
     args.insert(at, str(write_yaml(tmp / "input_tags.yaml", label)))
@@ -56,14 +57,20 @@ def test_the_example_of_a_lowercase_and_numeric_string_bundle_is_accepted(words_
         spec = client.get("/openapi.json").json()
         body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
         example = body["examples"]["this model"]["value"]
-        assert example[0]["tags"] == {"WORD": "eight", "CODE": "07"}
+        tags = example[0]["tags"]
+        assert tags == {"WORD": "eight", "CODE": "07", "WEIGHT": pytest.approx(3.0, abs=0.05)}  # its mean
         r = client.post("/predict", json=example)
         assert r.status_code == 200, r.text
         # An integer only stands for the category it spells: 7 is not "07".
-        r = client.post("/predict", json=[{**example[0], "tags": {"WORD": "one", "CODE": 7}}])
+        r = client.post("/predict", json=[{**example[0], "tags": {**tags, "WORD": "one", "CODE": 7}}])
         assert r.status_code == 422 and "unknown category '7'" in r.json()["error"]["message"]
-        r = client.post("/predict", json=[{**example[0], "tags": {"WORD": "one", "CODE": 10}}])
+        r = client.post("/predict", json=[{**example[0], "tags": {**tags, "WORD": "one", "CODE": 10}}])
         assert r.status_code == 200, r.text
+        # Every column of a given tabular input needs a value; a missing one is named.
+        for gone in ("WEIGHT", "CODE"):
+            r = client.post("/predict", json=[{**example[0], "tags": {k: v for k, v in tags.items() if k != gone}}])
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["details"][0]["field"] == f"tags.{gone}", r.text
 
 
 def test_dummy_item_never_uses_the_missing_value_marker(tiny_bundle: Path) -> None:
@@ -82,7 +89,7 @@ def test_dummy_item_never_uses_the_missing_value_marker(tiny_bundle: Path) -> No
         }
     )
     item = manifest.dummy_item()
-    assert item["t"] == {"a": "cat", "B": "A"}
+    assert item["t"] == {"a": "cat", "B": "A", "x": 0.0}  # every column has a value; x at its (unknown: 0) mean
     assert item["img"].shape == (2, 3) and item["img"].dtype == np.float32 and not item["img"].any()
     assert example_payload(manifest)[0]["t"] == item["t"]
     assert example_payload(manifest)[0]["img"] == "A" * 32  # base64 of 24 zero bytes

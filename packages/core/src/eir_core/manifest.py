@@ -142,14 +142,16 @@ class Manifest(_Model):
         return {o.name: o.diffusion for o in self.outputs if o.diffusion is not None}
 
     def dummy_item(self) -> dict[str, Any]:
-        """An item the model accepts: all-zero arrays and the first offered category of every
-        column. The server's warm-up and its OpenAPI example both use it."""
+        """An item the model accepts: all-zero arrays, the first offered category of every
+        categorical column and the training mean of every continuous one (every column has a
+        value, as a request must). The server's warm-up and its OpenAPI example both use it."""
         item: dict[str, Any] = {}
         for e in self.inputs:
             if isinstance(e, ArrayInput):
                 item[e.name] = np.zeros(e.shape, dtype=np.dtype(e.dtype))
             else:
-                item[e.name] = {c: e.offered(c)[0] for c in e.cat_columns if e.offered(c)}
+                row: dict[str, Any] = {c: e.offered(c)[0] for c in e.cat_columns if e.offered(c)}
+                item[e.name] = row | {c: float(e.con_mean.get(c, 0.0)) for c in e.con_columns}
         return item
 
     def info(self, device: str) -> dict[str, Any]:

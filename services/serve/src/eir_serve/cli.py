@@ -168,7 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("listening on http://%s:%d", settings.host, port)
     log.info("HTTP: %s parser, %s event loop", parser, loop)
     server = draining_server(app, settings, port)
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down cleanly and re-raised it; no traceback
+        return 130
     return 0 if server.started else 3
 
 

@@ -23,7 +23,10 @@ def decode_array(value: object, dtype: str, shape: tuple[int, ...]) -> np.ndarra
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise CodecError("not valid base64") from None
+        raise CodecError(
+            "not valid base64: encode the raw array bytes with standard base64 (RFC 4648: A-Z a-z 0-9 + /, "
+            "'=' padding, no line breaks), e.g. base64.b64encode(arr.tobytes()).decode()"
+        ) from None
     dt = np.dtype(dtype)
     n = math.prod(shape)
     if len(raw) != n * dt.itemsize:

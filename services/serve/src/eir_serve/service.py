@@ -148,6 +148,22 @@ class ModelService:
             self.predictor.check_item(item)
         except InputError as e:
             raise item_error(index, None if e.field == "(item)" else e.field, e.message) from None
+        self._no_missing_columns(index, item)
+
+    def _no_missing_columns(self, index: int, item: dict[str, Any]) -> None:
+        """A tabular input that is given has a value in every column: never imputed without a word."""
+        for name, value in item.items():
+            entry = self.inputs.get(name)
+            if isinstance(entry, TabularInput) and isinstance(value, dict):
+                columns = [*entry.cat_columns, *entry.con_columns]
+                for col in (c for c in columns if value.get(c) is None):
+                    optional = name in self.predictor.optional_inputs
+                    raise item_error(
+                        index,
+                        f"{name}.{col}",
+                        f"missing: give a value for every column of {name} ({', '.join(columns)})"
+                        + (f", or leave {name} out (it is optional)" if optional else ""),
+                    )
 
     @staticmethod
     def _categories_as_strings(index: int, name: str, row: dict[str, Any], entry: TabularInput) -> dict[str, Any]:

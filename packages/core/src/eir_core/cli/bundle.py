@@ -17,19 +17,28 @@ from eir_core.errors import EirError
 from eir_core.extras import require
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="eir-bundle", allow_abbrev=False)
-    sub = p.add_subparsers(dest="command", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="eir-bundle",
+        allow_abbrev=False,
+        description="Look into and complete eirtrain's bundles (.safetensors). A run folder means its best "
+        "checkpoint, exactly as eirserve --model-path picks it.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="{inspect,add-graph}", help="what to do")
     i = sub.add_parser("inspect", help="print the manifest of a .safetensors bundle or a run folder's best one")
-    i.add_argument("path", type=Path, metavar="FILE|RUN_FOLDER")
+    i.add_argument("path", type=Path, metavar="FILE|RUN_FOLDER", help="a bundle, or a run folder (its best one)")
     i.add_argument("--json", action="store_true", help="the whole manifest as JSON")
     g = sub.add_parser(
         "add-graph",
         help="export the model to ONNX (checked against it) and write it into the bundle, atomically",
     )
-    g.add_argument("path", type=Path, metavar="FILE|RUN_FOLDER")
+    g.add_argument("path", type=Path, metavar="FILE|RUN_FOLDER", help="a bundle, or a run folder (its best one)")
     g.add_argument("--force", action="store_true", help="replace a graph the bundle already has")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         path = resolve_bundle_path(args.path)
         m = read_manifest(path)

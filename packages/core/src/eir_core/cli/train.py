@@ -16,22 +16,87 @@ from typing import NoReturn
 
 from eir_core.errors import EirError
 
+EPILOG = """\
+config overrides:
+  Any further argument --<config file stem>.<section>.<key>=<value> sets one config value, as in
+  EIR: e.g. --globals.basic_experiment.n_epochs=2 (globals.yaml) or
+  --input_mnist_array.input_info.input_source=data/x/mnist_npy. An unknown key is an error naming
+  the file and the nearest valid key.
+
+environment:
+  EIR_SEED             the seed of weights, data order, dropout and imputation (default 0)
+  EIR_DIST_TIMEOUT_S   under torchrun: seconds ranks wait for each other, e.g. while rank 0
+                       validates (default 1800)
+  RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_RUN_ID
+                       set by torchrun (python -m eir_core.cli.train under torchrun trains with
+                       one process per rank); not to be set by hand
+
+exit status: 0 done; 2 a config, data or run-folder error (one line, no traceback);
+130 / 143 stopped by Ctrl-C / SIGTERM after saving a checkpoint and the resume state.
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="eirtrain",
         allow_abbrev=False,
-        description="Train a model from EIR-style YAML configs. Extra arguments of the form "
-        "--<file stem>.<section>.<key>=<value> override config values.",
+        description="Train a model from EIR-style YAML configs. Checkpoints (safetensors bundles), histories,\n"
+        "curves, samples and latents go to basic_experiment.output_folder.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--global_configs", nargs="+", required=True, type=Path, metavar="YAML")
-    p.add_argument("--input_configs", nargs="*", default=[], type=Path, metavar="YAML")
-    p.add_argument("--output_configs", nargs="+", required=True, type=Path, metavar="YAML")
-    p.add_argument("--fusion_configs", nargs="*", default=[], type=Path, metavar="YAML")
+    p.add_argument(
+        "--global_configs",
+        nargs="+",
+        required=True,
+        type=Path,
+        metavar="YAML",
+        help="global settings (basic_experiment, optimization, lr_schedule, evaluation_checkpoint, ...); "
+        "several files are merged in order, a later file's section replacing an earlier one's",
+    )
+    p.add_argument(
+        "--input_configs",
+        nargs="*",
+        default=[],
+        type=Path,
+        metavar="YAML",
+        help="one file per input (input_info, input_type_info, model_config): an array folder or a tabular CSV",
+    )
+    p.add_argument(
+        "--output_configs",
+        nargs="+",
+        required=True,
+        type=Path,
+        metavar="YAML",
+        help="one file per output (output_info, output_type_info, model_config, sampling_config)",
+    )
+    p.add_argument(
+        "--fusion_configs",
+        nargs="*",
+        default=[],
+        type=Path,
+        metavar="YAML",
+        help="the fusion module (model_type, model_config; default: mlp-residual, as in EIR); "
+        "several files are merged in order, a later file's section replacing an earlier one's",
+    )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="continue the run in output_folder")
-    mode.add_argument("--overwrite", action="store_true", help="delete output_folder's run and start over")
-    p.add_argument("--no-pbar", action="store_true", default=None, help="log lines instead of a progress bar")
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in output_folder from its last saved state (after Ctrl-C, a crash, or to train "
+        "a finished run further with a larger n_epochs); its histories are kept and extended",
+    )
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the files the run in output_folder recorded writing, and start over (files it did not write stay)",
+    )
+    p.add_argument(
+        "--no-pbar",
+        action="store_true",
+        default=None,
+        help="a log line with rate and ETA every 10 s instead of a progress bar",
+    )
     return p
 
 

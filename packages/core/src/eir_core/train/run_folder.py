@@ -336,6 +336,39 @@ class RunFolder:
             return None
         return p
 
+    def remove(self) -> list[str]:
+        """Delete this run: the files its journal records, then the journal itself and the
+        folders that this left empty (the run folder too, when nothing else is in it). Files
+        the run did not write stay; their paths (relative to the folder) are returned.
+        Raises RunFolderError when the folder is not a run with a record of its files, or
+        another eirtrain is training in it."""
+        d = self.path
+        if not self.marker.is_file():
+            raise RunFolderError(f"{d}: not an eirtrain run folder (no {MARKER}); nothing removed")
+        journal = self.journal()
+        if not journal.records_files:
+            raise RunFolderError(f"{d}: made by an older eirtrain that kept no record of its files; nothing removed")
+        fd = os.open(self.marker, os.O_RDWR)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunFolderError(
+                    f"{d}: an eirtrain is training in this folder right now; nothing removed"
+                ) from None
+            self._clear(journal)
+            self.marker.unlink()
+        finally:
+            os.close(fd)
+        left = _files_under(d, limit=1_000_000)
+        if not left:
+            for root, _dirs, _files in sorted(os.walk(d), key=lambda w: len(Path(w[0]).parts), reverse=True):
+                try:
+                    os.rmdir(root)
+                except OSError:
+                    pass
+        return left
+
     def _clear(self, journal: Journal) -> None:
         """Delete the files the journal records (and temporary files of their writes), then
         the folders among their parents that this left empty."""

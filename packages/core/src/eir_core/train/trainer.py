@@ -41,7 +41,7 @@ from eir_core.manifest import Manifest
 from eir_core.model.meta import MetaModel
 from eir_core.predict import Predictor
 from eir_core.train import resume
-from eir_core.train.artifacts import Artifacts, Histories
+from eir_core.train.artifacts import Artifacts, Histories, array_sources, labels_beside
 from eir_core.train.checkpoint import CheckpointKeeper
 from eir_core.train.distributed import Dist, check_batch_division, choose_device, is_peer_failure, load_run_data
 from eir_core.train.latents import LatentRecorder
@@ -119,6 +119,7 @@ class Trainer:
         self.schedule = LRSchedule(self.optimizer, g.lr_schedule, g.optimization, self.total_iters)
         self.renderer = Renderer()
         self.artifacts = Artifacts(self.run_dir, self.renderer, record, g.visualization_logging.plot_skip_steps)
+        self.artifacts.label_table = labels_beside(array_sources(cfg)) if g.latent_sampling and dist.is_main else None
         ec = g.evaluation_checkpoint
         self.samples = SampleWriter(
             self.data,
@@ -189,6 +190,7 @@ class Trainer:
         self._weights_at = self.state.iteration
         if self.dist.is_main:
             self.saver.keeper.scan()
+            self.artifacts.past_histories(self.histories, self.state.iteration)  # the histories go on
         if self.state.iteration >= self.total_iters and not self.dist.restart:
             raise RunFolderError(
                 f"{self.run_dir}: this run already finished (iteration {self.state.iteration} of "
