@@ -1,6 +1,6 @@
 """Packed and unpacked sizes of wheel files, read from their zip directories (nothing is
 extracted or installed): what a package adds to an image before bytecode. Used for the CUDA
-variant's comparison in README ("Images and releases").
+variant's comparison in docs/deploying.md ("Images and releases").
 
     python benchmarks/wheel_sizes.py WHEEL... [--markdown OUT.md]
 """

@@ -4,7 +4,7 @@
 #   docker build -f docker/serve.Dockerfile --build-arg TORCH_SPEC=torch==2.13.0 \
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 -t eir-serve:cuda .
 #       CUDA: adds PyTorch's CUDA build (eir-serve[torch]), which runs the model on the GPU and
-#       serves bundles without a graph. README, "Images and releases", says why this and not
+#       serves bundles without a graph. docs/deploying.md, "Images and releases", says why this and not
 #       onnxruntime-gpu.
 # Two stages: the first builds a virtual environment (and whatever the build needs: pip, the
 # build backend, downloads), the second copies only that environment onto a clean base.
