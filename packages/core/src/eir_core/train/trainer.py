@@ -311,9 +311,7 @@ class Trainer:
             loss, perf = history[-1][1], history[-1][2]
         else:
             mse = validate(self.model, self.batches, self.latents, self.opts.seed) if main else {}
-            loss, perf = self.dist.from_main(
-                lambda: [sum(mse.values()), float(np.mean([1.0 - v for v in mse.values()]))]
-            )
+            loss, perf = self.dist.from_main(lambda: [sum(mse.values()), float(np.mean([1 - v for v in mse.values()]))])
             history.append((it, loss, perf))
             self.schedule.on_validation(it, perf)
             if main:
