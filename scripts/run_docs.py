@@ -344,20 +344,25 @@ class Session:
         if b.directive.background:
             return self.start_background(b, body, log)
         with log.open("wb") as out:
+            proc = subprocess.Popen(
+                ["bash", "-c", self.script(body)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.base_env,
+                start_new_session=True,
+            )
             try:
-                r = subprocess.run(
-                    ["bash", "-c", self.script(body)],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    timeout=b.directive.timeout,
-                    env=self.base_env,
-                    start_new_session=True,
-                    check=False,
-                )
+                code = proc.wait(timeout=b.directive.timeout)
             except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)  # the whole group: what the block started too
+                proc.wait()
                 return False, f"did not finish in {b.directive.timeout:.0f} s"
-        if r.returncode != b.directive.exit:
-            return False, f"exit status {r.returncode}, expected {b.directive.exit}"
+            except BaseException:  # Ctrl-C of the runner itself: leave nothing running
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+                raise
+        if code != b.directive.exit:
+            return False, f"exit status {code}, expected {b.directive.exit}"
         if TRACEBACK in log.read_text(errors="replace"):
             return False, "it printed a Python traceback (a reader would take it for a failure)"
         return True, ""
