@@ -1,14 +1,12 @@
 """The training run as an outline: ``setup`` -> ``train`` (step, ``evaluate``, ``save_checkpoint``) -> ``cleanup``.
 
-The pieces live beside this file and take explicit arguments: ``run_folder`` (may a run start,
-resume or start over here), ``steps`` (batches, loss, validation), ``artifacts`` (histories,
-curves, t-SNE), ``sampling`` (generated samples), ``resume`` (the resume state),
-``distributed`` (torchrun policy), ``signals`` (Ctrl-C / SIGTERM), ``spec`` (model spec and
-manifest). Differences from EIR worth knowing (all deliberate):
-* validation and a checkpoint always happen at the last iteration, so the end of training is
-  evaluated and servable even when it falls between intervals;
-* Ctrl-C / SIGTERM finish the current step, write a checkpoint and the resume state, then
-  exit with 130 / 143;
+The pieces live beside this file and take explicit arguments: ``run_folder`` (may a run start, resume or start over
+here), ``steps`` (batches, loss, validation), ``artifacts`` (histories, curves, t-SNE), ``sampling`` (generated
+samples), ``resume`` (the resume state), ``distributed`` (torchrun policy), ``signals`` (Ctrl-C / SIGTERM), ``spec``
+(model spec and manifest). Differences from EIR worth knowing (all deliberate):
+* validation and a checkpoint always happen at the last iteration, so the end of training is evaluated and servable
+  even when it falls between intervals;
+* Ctrl-C / SIGTERM finish the current step, write a checkpoint and the resume state, then exit with 130 / 143;
 * checkpoints are safetensors bundles, written atomically.
 
 Under ``torchrun`` every rank runs this same outline: ``batch_size`` stays the global batch of
