@@ -26,7 +26,6 @@ from pathlib import Path, PurePosixPath
 
 from eir_core import __version__
 from eir_core.errors import RunFolderError
-from eir_core.train.checkpoint import read_resume_info
 
 log = logging.getLogger("eir_core.train")
 
@@ -232,6 +231,8 @@ class RunFolder:
         """If this torchrun job wrote the resume state, continue from it; if the folder is this
         job's and its journal records no completed checkpoint, start over. Otherwise the usual
         rules apply."""
+        from eir_core.train.checkpoint import read_resume_info  # PyTorch: not for make clean's use of this module
+
         state = self.resume_state
         if state.is_file() and read_resume_info(state).get("job_id") == job_id:
             log.warning("torchrun restart %d of job %s: continuing from the saved state", restart, job_id)
