@@ -16,7 +16,12 @@
    rounds of --seconds each, the median round kept: samples per second, p50, p99, and the
    server's CPU seconds per sample (from /proc).
    Ours: the 50-step DDIM without guidance (what EIR runs for this config) and the bundle's
-   defaults (the same with guidance 1.5: two rows per item). EIR: its defaults for the config.
+   defaults (the same with guidance 1.5: two rows per item). EIR: the config's settings (50-step
+   DDIM), and EIR's own defaults (a copy of the run whose config leaves the sampler unset: 500
+   DDPM steps), the latter at C=1 only for 3x --seconds (EIR samples one request at a time: its
+   samples per second do not grow with C, see the rows at the config's settings).
+   After each load the server is left to finish what it still computes (EIR's keeps sampling the
+   requests wrk abandoned) before the next load starts, so no server runs in another's time.
 4. The ceiling: the same sampler in this process on ONNX Runtime (1 thread, pinned to the
    server CPUs), one call of 32 label-only items (one forward pass per step for all), at each
    of the two settings.
@@ -50,6 +55,8 @@ EXAMPLE = ROOT / "examples" / "diffusion"
 EIR_SH = ROOT / "benchmarks" / "eir_reference.sh"
 EIR_DIR = Path(os.environ.get("EIR_REFERENCE_DIR", Path.home() / ".cache" / "eir-reference"))
 LABEL = "mnist_label"
+EIR_CONFIG_ROW = "EIR 0.25 eirserve, DDIM 50 (the config's settings)"
+EIR_DEFAULT_ROW = "EIR 0.25 eirserve, its defaults (DDPM 500 steps)"
 
 sys.path.insert(0, str(Path(__file__).parent))  # serve_load imports proctree from beside it
 _spec = importlib.util.spec_from_file_location("serve_load", Path(__file__).with_name("serve_load.py"))
@@ -103,6 +110,37 @@ def eir_checkpoint(run: Path) -> Path:
     return found[-1]
 
 
+def eir_defaults_run(run: Path, tmp: Path) -> Path:
+    """A copy of the EIR run whose output config leaves the sampler settings unset: EIR's eirserve
+    then samples with EIR's defaults (500 DDPM steps). EIR's eirserve reads the run's
+    serializations/configs_stripped."""
+    import yaml
+
+    copy = tmp / "eir-defaults" / run.name
+    shutil.copytree(run, copy)
+    path = copy / "serializations" / "configs_stripped" / "output_configs.yaml"
+    configs = yaml.safe_load(path.read_text())
+    for config in configs:
+        for key in ("diffusion_inference_steps", "diffusion_sampler", "diffusion_eta"):
+            (config.get("sampling_config") or {}).pop(key, None)
+    path.write_text(yaml.safe_dump(configs, sort_keys=False))
+    return copy
+
+
+def drain(pid: int, limit_s: float = 600.0) -> float:
+    """Wait until the server stops using CPU (at most limit_s): requests a load left behind are
+    finished (or dropped) before the next load is measured. Returns the seconds waited."""
+    t0 = time.perf_counter()
+    last = sl.cpu_s(pid)
+    while time.perf_counter() - t0 < limit_s:
+        time.sleep(0.5)
+        now = sl.cpu_s(pid)
+        if now - last < 0.02:
+            break
+        last = now
+    return time.perf_counter() - t0
+
+
 def pinned(cores: list[int], cmd: list[str]) -> list[str]:
     return ["taskset", "-c", ",".join(map(str, cores)), *cmd]
 
@@ -138,6 +176,7 @@ def wrk(url: str, script: Path, c: int, seconds: int, pid: int, cores: list[int]
     flags = ["-t1", f"-c{c}", f"-d{seconds}s", "--latency", "--timeout", "120s", "-s", str(script)]
     out = subprocess.run(pinned(cores, ["wrk", *flags, url]), capture_output=True, text=True, timeout=seconds + 200)
     cpu = sl.cpu_s(pid) - c0
+    drain(pid)
     total = re.search(r"(\d+) requests in ([0-9.]+)(\w+)", out.stdout)
     p50 = re.search(r"\s50%\s+([0-9.]+\w+)", out.stdout)
     p99 = re.search(r"\s99%\s+([0-9.]+\w+)", out.stdout)
@@ -264,21 +303,29 @@ def main() -> None:
             servers.append(ours)
             result["served_equals_in_process"] = served_equals_in_process(ours.url, tmp / "run")
             eir = start_eir(eir_checkpoint(eir_run), body, server_cpus) if eir_run else None
-            if eir:
+            eir_default = None
+            if eir_run:
                 servers.append(eir)
+                eir_default = start_eir(eir_checkpoint(eir_defaults_run(eir_run, tmp)), body, server_cpus)
+                eir_default.name = "EIR eirserve (its defaults)"
+                servers.append(eir_default)
             result["ready_s"] = {s.name: round(s.ready_s, 2) for s in servers}
             targets = [("ours, DDIM 50, no guidance (as EIR samples)", ours, "/predict?guidance_scale=1"),
                        ("ours, bundle default: DDIM 50, guidance 1.5", ours, "/predict")]  # fmt: skip
             if eir:
-                targets.append(("EIR 0.25 eirserve, DDIM 50 (its default for the config)", eir, "/predict"))
+                targets.append((EIR_CONFIG_ROW, eir, "/predict"))
+            if eir_default:
+                targets.append((EIR_DEFAULT_ROW, eir_default, "/predict"))
             for _, server, path in targets:  # warm-up
                 wrk(server.url + path, script, 2, 3, server.proc.pid, client_cpus)
             rows = []
             for c in levels:
-                runs: dict[str, list[dict[str, Any]]] = {t[0]: [] for t in targets}
+                here = [t for t in targets if t[0] != EIR_DEFAULT_ROW or c == 1]
+                runs: dict[str, list[dict[str, Any]]] = {t[0]: [] for t in here}
                 for r in range(a.rounds):
-                    for name, server, path in targets:
-                        m = wrk(server.url + path, script, c, a.seconds, server.proc.pid, client_cpus)
+                    for name, server, path in here:
+                        seconds = a.seconds * 3 if name == EIR_DEFAULT_ROW else a.seconds
+                        m = wrk(server.url + path, script, c, seconds, server.proc.pid, client_cpus)
                         runs[name].append(m)
                         print(f"C={c} round {r + 1} {name}: {m}", flush=True)
                 for name, ms in runs.items():
@@ -305,7 +352,8 @@ def render(r: dict[str, Any]) -> str:
             ceil["no_guidance"] if "no guidance" in server or server.startswith("EIR") else ceil["bundle_default"]
         )
 
-    eir = {row["concurrency"]: row for row in r["rows"] if row["server"].startswith("EIR")}
+    eir = {row["concurrency"]: row for row in r["rows"] if row["server"] == EIR_CONFIG_ROW}
+    eir_default = next((row for row in r["rows"] if row["server"] == EIR_DEFAULT_ROW), None)
 
     lines = [
         f"# Serving the diffusion example: eirserve's step loop vs EIR 0.25 ({r['date']})",
@@ -318,16 +366,20 @@ def render(r: dict[str, Any]) -> str:
         f"Served samples equal the in-process sampler's for the same seed: {r.get('served_equals_in_process')}. "
         f"Time to ready: {r['ready_s']} s.",
         "",
-        "| server | C | samples/s | × ceiling (batch 32) | × EIR (same C) | p50 ms | p99 ms | p99/p50 "
-        "| server CPU ms/sample | errors | rounds (samples/s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| server | C | samples/s | × ceiling (batch 32) | × EIR, config's settings (same C) "
+        "| × EIR, its defaults | p50 ms | p99 ms | p99/p50 | server CPU ms/sample | errors | rounds (samples/s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+
+    def ratio(a: float, b: dict[str, Any] | None) -> str:
+        return f"{a / b['samples_per_s']:.1f}×" if b and b["samples_per_s"] else "–"
+
     for row in r["rows"]:
-        e = eir.get(row["concurrency"])
-        vs_eir = f"{row['samples_per_s'] / e['samples_per_s']:.1f}×" if e and e["samples_per_s"] else "–"
+        ceiling_ratio = "–" if row["server"] == EIR_DEFAULT_ROW else f"{row['samples_per_s'] / top(row['server']):.2f}"
         lines.append(
-            f"| {row['server']} | {row['concurrency']} | {row['samples_per_s']:.2f} | "
-            f"{row['samples_per_s'] / top(row['server']):.2f} | {vs_eir} | {row['p50_ms']} | {row['p99_ms']} | "
+            f"| {row['server']} | {row['concurrency']} | {row['samples_per_s']:.2f} | {ceiling_ratio} | "
+            f"{ratio(row['samples_per_s'], eir.get(row['concurrency']))} | "
+            f"{ratio(row['samples_per_s'], eir_default)} | {row['p50_ms']} | {row['p99_ms']} | "
             f"{row['p99_over_p50']} | {row['server_cpu_ms_per_sample']} | {row['errors']} | "
             f"{row['rounds_samples_per_s']} |"
         )
