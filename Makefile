@@ -47,10 +47,15 @@ demo-torchrun: setup
 
 # The suite in 2 processes (pytest-xdist); the web page test runs where Chromium is (CHROMIUM, else
 # /usr/bin/chromium) and is skipped with a message elsewhere: `make test` installs nothing itself.
+# The tests marked `long` (end-to-end runs of ~10 s or more: torchrun jobs, kill-and-resume
+# cycles, wheel installs) are `make test-long`; CI runs both.
 TEST_WORKERS ?= 2
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not long"
+
+test-long: setup
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m long
 
 lint: setup
 	$(PY) -m ruff check .

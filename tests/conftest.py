@@ -22,6 +22,15 @@ from eir_core.data.builtin import make_digits, write_tutorial_layout
 from tests.helpers import diffusion_configs, tutorial_configs
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Say so when the long end-to-end tests were left out (``make test``), and how to run them."""
+    if "not long" in (config.option.markexpr or ""):
+        terminalreporter.write_line(
+            "the tests marked long (end-to-end runs: torchrun jobs, kill-and-resume cycles, wheel installs) "
+            "were left out: `make test-long` runs them (CI runs both)"
+        )
+
+
 def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], Path]) -> Path:
     """``make(folder)`` once per test run: under pytest-xdist the first worker to ask makes it
     (under a file lock, in the run's shared temporary folder) and the others use what it made.

@@ -115,6 +115,7 @@ def test_train_once_skips_its_own_bundle_and_refuses_another_runs(tmp_path: Path
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_train_once_trains_the_diffusion_example(tmp_path: Path) -> None:
     """TUTORIAL_RUN=diffusion: examples/diffusion trained into the folder compose serves from."""
     import os

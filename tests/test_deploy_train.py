@@ -222,6 +222,7 @@ def _published_bundle_loads(work: Path) -> None:
     assert not list((work / "published").glob(".*"))  # no partial copy left
 
 
+@pytest.mark.long
 def test_the_single_pod_job_trains_and_publishes(tmp_path: Path) -> None:
     env = _script_env(tmp_path)
     r = subprocess.run(
@@ -249,6 +250,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.long
 def test_the_pytorchjob_pods_train_together_and_the_master_publishes(tmp_path: Path) -> None:
     """Two processes standing for the Master and Worker pods, each with the variables the
     operator sets (PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_PORT,

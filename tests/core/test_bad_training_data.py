@@ -119,6 +119,7 @@ def test_deeply_nested_yaml_is_one_clear_line(
     assert str(deep) in line and "nested more than 64 levels" in line
 
 
+@pytest.mark.long
 def test_a_tilde_in_output_folder_means_the_home_folder(
     tmp_path: Path, digits_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

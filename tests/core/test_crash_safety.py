@@ -109,6 +109,7 @@ def _kill_after_log_line(args: list[str], mode: str, text: str) -> None:
     assert proc.returncode == -signal.SIGKILL, f"the run ended before logging {text!r}"
 
 
+@pytest.mark.long
 def test_sigkill_mid_write_and_mid_run_then_resume_equals_a_clean_run(tmp_path: Path, digits_dir: Path) -> None:
     run = tmp_path / "run"
     args = tutorial_configs(tmp_path, digits_dir, run, conditional=False)

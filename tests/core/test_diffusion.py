@@ -190,6 +190,7 @@ def test_sampling_parameters_change_the_sample_and_are_checked(diffusion_run: Pa
             p.predict(item, seeds=[5], sampling=bad)
 
 
+@pytest.mark.long
 def test_resume_continues_a_diffusion_run(tmp_path: Path, digits_dir: Path) -> None:
     args = diffusion_configs(tmp_path / "cfg", digits_dir, tmp_path / "run", epochs=1)
     assert eirtrain(args) == 0
@@ -229,6 +230,7 @@ def test_jobs_stepped_together_give_each_its_own_samples(diffusion_run: Path) ->
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.long
 def test_two_processes_under_torchrun_train_a_diffusion_model(tmp_path: Path, digits_dir: Path) -> None:
     """DistributedDataParallel with the pass-through fusion and the timestep embedding: every
     parameter takes part on every rank, and rank 0's bundle samples."""

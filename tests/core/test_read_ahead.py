@@ -89,6 +89,7 @@ def test_no_fork_once_pytorch_is_loaded(tmp_path: Path) -> None:
     assert read_ahead.take(read_ahead.source_key(tmp_path / "a")) is None
 
 
+@pytest.mark.long
 def test_eirtrain_uses_it_and_trains_the_same(tmp_path: Path, digits_dir: Path) -> None:
     """A fresh eirtrain process reads the files in its child (a debug line says so) and its run is
     the same as that of a process that read the files itself (this test process: PyTorch loaded)."""

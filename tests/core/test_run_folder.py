@@ -75,6 +75,7 @@ def test_overwrite_refuses_home_and_parents_of_the_current_folder(
     assert (home / "precious.txt").is_file() and (home / "sub").is_dir()
 
 
+@pytest.mark.long
 def test_a_data_error_leaves_no_folder_and_the_fixed_command_just_runs(
     tmp_path: Path, digits_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -137,6 +138,7 @@ def test_a_finished_run_whose_checkpoints_were_moved_away_is_not_wiped(
     assert (out / "validation_average_history.log").read_text() == curves
 
 
+@pytest.mark.long
 def test_overwrite_keeps_a_users_files_anywhere_in_the_run_folder(
     tmp_path: Path, digits_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -169,6 +171,7 @@ def test_overwrite_keeps_a_users_files_anywhere_in_the_run_folder(
     assert "kept files that eirtrain did not write" in err and "not a path inside it" in err
 
 
+@pytest.mark.long
 def test_resume_never_removes_a_checkpoint_it_did_not_write(tmp_path: Path, digits_dir: Path) -> None:
     out = tmp_path / "run"
     args = _args(tmp_path, digits_dir, out)
@@ -197,6 +200,7 @@ def test_overwrite_of_a_run_without_a_record_of_its_files_is_refused(
     ]
 
 
+@pytest.mark.long
 def test_overwrite_removes_only_what_a_run_writes_and_resume_of_a_finished_run_says_how_to_go_on(
     tmp_path: Path, digits_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -248,6 +252,7 @@ def test_training_output_is_honest(tmp_path: Path, digits_dir: Path, capsys: pyt
     ]
 
 
+@pytest.mark.long
 def test_a_second_eirtrain_on_a_folder_in_use_is_refused(
     tmp_path: Path, digits_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

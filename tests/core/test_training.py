@@ -20,6 +20,7 @@ def _cfg(tmp: Path, digits: Path, run: Path, conditional: bool = False):
     )
 
 
+@pytest.mark.long
 def test_interrupt_saves_and_resume_finishes(tmp_path: Path, digits_dir: Path) -> None:
     run = tmp_path / "run"
     cfg = _cfg(tmp_path, digits_dir, run)
@@ -50,6 +51,7 @@ def test_interrupt_saves_and_resume_finishes(tmp_path: Path, digits_dir: Path) -
     assert any("_checkpoint_48_" in p.name for p in final)
 
 
+@pytest.mark.long
 def test_run_is_deterministic_for_a_seed(tmp_path: Path, digits_dir: Path) -> None:
     losses = []
     for k in range(2):
@@ -80,6 +82,7 @@ def test_final_checkpoint_without_any_interval(tmp_path: Path, digits_dir: Path)
     assert len(names) == 1 and "_checkpoint_24_" in names[0]
 
 
+@pytest.mark.long
 def test_lazy_reading_matches_memory_dataset(tmp_path: Path, digits_dir: Path) -> None:
     losses = {}
     for memory in (True, False):
@@ -159,6 +162,7 @@ def _rows(path: Path) -> list[str]:
     return path.read_text().splitlines()[1:]
 
 
+@pytest.mark.long
 def test_ctrl_c_then_resume_keeps_the_whole_history(tmp_path: Path, digits_dir: Path) -> None:
     """A real eirtrain, interrupted with SIGINT (Ctrl-C) after its first validation, then resumed:
     every history file holds the whole run, the rows written before the interruption unchanged."""

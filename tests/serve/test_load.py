@@ -25,6 +25,7 @@ def rss_mb(pid: int) -> float:
     return int(line.split()[1]) / 1024
 
 
+@pytest.mark.long
 def test_concurrency_64_no_errors_flat_memory(tiny_bundle: Path, digits_dir: Path) -> None:
     with eirserve(tiny_bundle, "--max-queue", "256") as server:
         url, pid = server.url, server.proc.pid

@@ -83,6 +83,7 @@ def _bin(venv: Path, name: str) -> str:
     return str(venv / "bin" / name)
 
 
+@pytest.mark.long
 def test_the_wheels_install_without_pytorch_or_the_training_libraries(fresh_venv: Path) -> None:
     probe = (
         "import importlib.util, eir_core, eir_serve; "
@@ -98,6 +99,7 @@ def test_the_wheels_install_without_pytorch_or_the_training_libraries(fresh_venv
         assert r.returncode == 0 and "usage:" in r.stdout, (cli, r.stderr)
 
 
+@pytest.mark.long
 def test_commands_that_need_pytorch_name_the_extra(
     fresh_venv: Path, tiny_bundle: Path, tmp_path: Path, graphless: Path
 ) -> None:
@@ -150,6 +152,7 @@ def _outputs(url: str, body: list[dict[str, object]], seed: int, output: str) ->
     return [np.frombuffer(base64.b64decode(x[output]), np.float32) for x in r.json()["result"]]
 
 
+@pytest.mark.long
 def test_the_wheels_serve_tutorial_bundles_as_the_pytorch_runtime_does(
     fresh_venv: Path, tiny_bundle: Path, tiny_conditional_bundle: Path, tiny_diffusion_run: Path, digits_dir: Path
 ) -> None:

@@ -121,6 +121,18 @@ def setup_logging(run_dir: Path | None, level: str = "info", rank: int | None = 
         root.addHandler(fh)
 
 
+def _let_rank_0_speak(wait_s: float = 10.0) -> None:
+    """A rank other than 0 leaving on an error that rank 0 reports: torchrun stops every rank as
+    soon as one exits with an error, so leaving first could stop rank 0 before it printed the
+    message. Wait for that (torchrun's SIGTERM ends this process when rank 0 exits; the run's own
+    handler, which would finish a step first, is set aside), at most ``wait_s``."""
+    import signal
+    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    time.sleep(wait_s)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -145,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EirError as e:
         if main_rank:  # every rank read the same configs; rank 0 prints the one message
             print(f"eirtrain: error: {e}", file=sys.stderr)
+        else:
+            _let_rank_0_speak()
         return 2
     except KeyboardInterrupt:
         print("eirtrain: aborted", file=sys.stderr)
@@ -189,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EirError as e:
         together = True  # user errors are agreed between ranks or raised alike on all of them
         if dist.enabled and dist.rank and not dist.backend:
-            return 2  # every rank read the same configs; rank 0 prints the one message
+            _let_rank_0_speak()  # every rank read the same configs; rank 0 prints the one message
+            return 2
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
