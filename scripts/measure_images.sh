@@ -3,7 +3,8 @@
 # build time without the layer cache, and for eir-serve the time from `docker run` to the first
 # 200 from /ready (and from the container's start, as Docker records it), repeated; for eir-train
 # the time of a short tutorial run in the container. Prints a table and writes it, with the
-# machine's load average next to every timing, to benchmarks/results/images.md (and .json).
+# machine's load average next to every timing, to benchmarks/results/images.md (and .json), or
+# to benchmarks/results/NAME.md with RESULTS_NAME=NAME.
 #   bash scripts/measure_images.sh                 serve (CPU) and train
 #   REPEATS=7 bash scripts/measure_images.sh
 #   IMAGES="serve serve-cuda train" bash scripts/measure_images.sh   serve-cuda: PyTorch's CUDA
@@ -24,6 +25,7 @@ cuda_index=${TORCH_CUDA_INDEX_URL:-https://download.pytorch.org/whl/cu126}
 work=$(mktemp -d)
 models=$work/models
 results=benchmarks/results
+name=${RESULTS_NAME:-images}
 mkdir -p "$results" "$models"
 chmod 777 "$models"  # the images run as uid 10001
 cleanup() { docker rm -f "eir-measure-$$" >/dev/null 2>&1 || true; rm -rf "$work"; }
@@ -149,6 +151,6 @@ for i in "${!rows[@]}"; do rows[$i]=${rows[$i]/READY_train/-}; done
   echo "| image | MB | MB above base | build, no cache (s) | /ready 200 (s) | 1-epoch tutorial run (s) |"
   echo "| --- | --- | --- | --- | --- | --- |"
   printf '%s\n' "${rows[@]}"
-} >"$results/images.md"
-echo "$json" | python3 -m json.tool >"$results/images.json"
-cat "$results/images.md"
+} >"$results/$name.md"
+echo "$json" | python3 -m json.tool >"$results/$name.json"
+cat "$results/$name.md"
