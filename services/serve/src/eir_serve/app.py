@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -30,10 +31,11 @@ from eir_serve.gate import BodyPool, GateConfig, RequestGate
 from eir_serve.grpc.server import grpc_service
 from eir_serve.metrics import Metrics, MetricsMiddleware
 from eir_serve.routes import eir, ops, v2, web
-from eir_serve.runtime import describe, load_predictor, resolve_runtime
+from eir_serve.runtime import describe, load_checked, load_predictor, resolve_runtime
 from eir_serve.server import BodyTimeoutMiddleware, DrainingMiddleware
 from eir_serve.service import ModelService, example_payload
 from eir_serve.settings import Settings
+from eir_serve.watch import RETIRE_MARGIN_S, CheckpointWatcher, watching
 
 log = logging.getLogger("eir_serve")
 
@@ -50,6 +52,11 @@ def create_app(settings: Settings, predictor: Runner | None = None) -> FastAPI:
         resolve_device(settings.device)
     api_key = resolve_api_key(settings)
     metrics = Metrics()
+    if settings.model_control == "poll" and not Path(settings.model_path).is_dir():
+        raise ValueError(
+            f"--model-control poll watches a run folder, but --model-path {settings.model_path} is a file; "
+            "pass the run folder eirtrain writes"
+        )
 
     def check_call(metadata: Mapping[str, str]) -> None:  # gRPC's ModelInfer, as the HTTP infer routes
         if not check_bearer(metadata.get("authorization"), api_key):
@@ -67,6 +74,8 @@ def create_app(settings: Settings, predictor: Runner | None = None) -> FastAPI:
             return service
 
         service = await asyncio.to_thread(load)
+        service.checkpoint = bundle_path.name
+        app.state.bundle_path = bundle_path
         # What is loaded now (PyTorch, the app, the model: ~200 000 objects) lives as long as the
         # process; frozen, the collector no longer walks it, and an old-generation collection
         # takes well under a millisecond instead of ~80 ms in the middle of requests.
@@ -79,14 +88,18 @@ def create_app(settings: Settings, predictor: Runner | None = None) -> FastAPI:
         app.state.service = service
         try:
             # grpc_port 0: no gRPC. The key is checked from a call's metadata, before its message is read.
-            async with grpc_service(app.state, settings, metrics, check_call if api_key else None):
+            app.state.watcher = checkpoint_watcher(app.state, settings, metrics)
+            async with (
+                grpc_service(app.state, settings, metrics, check_call if api_key else None),
+                watching(app.state.watcher),
+            ):
                 app.state.ready = True
                 log.info("serving %s on %s", bundle_path, describe(service.predictor))
                 yield
                 app.state.ready = False  # gRPC drains its calls while reporting not ready
         finally:
             app.state.ready = False
-            await asyncio.to_thread(service.batcher.stop)
+            await asyncio.to_thread(app.state.service.batcher.stop)  # the watcher may have swapped it
             pool, app.state.parse_pool = app.state.parse_pool, None
             pool.shutdown(wait=False)
 
@@ -121,6 +134,21 @@ def create_app(settings: Settings, predictor: Runner | None = None) -> FastAPI:
     if settings.enable_echo:
         app.include_router(ops.echo_router)
     return app
+
+
+def checkpoint_watcher(state: Any, settings: Settings, metrics: Metrics) -> CheckpointWatcher | None:
+    """``--model-control poll``: the watcher of the run folder (watch.py); None otherwise."""
+    if settings.model_control != "poll":
+        return None
+
+    def load(path: Path) -> ModelService:
+        service = ModelService(load_checked(settings, path, resolve_runtime(settings, path)), settings, metrics)
+        service.checkpoint = path.name
+        service.batcher.start()
+        return service
+
+    retire_after_s = settings.body_timeout_s + RETIRE_MARGIN_S
+    return CheckpointWatcher(state, Path(settings.model_path), settings.poll_interval_s, retire_after_s, load, metrics)
 
 
 def app_from_env() -> FastAPI:

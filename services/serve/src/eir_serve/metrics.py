@@ -60,6 +60,12 @@ class Metrics:
             registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.model_swaps = Counter(
+            "eir_model_swaps_total",
+            "checkpoints the --model-control poll watcher swapped in (ok) or could not load (failed)",
+            ["result"],
+            registry=self.registry,
+        )
         self.sampling_cancelled = Counter(
             "eir_sampling_cancelled_total",
             "requests dropped from the step loop because their client went away or their deadline passed",

@@ -63,6 +63,7 @@ def json_limits(inputs: Mapping[str, ArrayInput | TabularInput], max_items: int)
 class ModelService:
     def __init__(self, predictor: Runner, settings: Settings, metrics: Metrics) -> None:
         self.predictor = predictor
+        self.checkpoint: str | None = None  # the bundle's file name, for /info
         self.settings = settings
         self.metrics = metrics
         self.diffusion = predictor.diffusion
@@ -310,4 +311,5 @@ class ModelService:
         info["model"]["noise_scale"] = self.settings.noise_scale  # the server's, not the bundle's
         info["model"]["runtime"] = self.predictor.runtime
         info["model"]["sampling"] = self.sampling_info()
+        info["model"]["checkpoint"] = self.checkpoint
         return InfoResponse.model_validate(info)

@@ -102,3 +102,12 @@ class Settings(BaseSettings):
     access_log: bool = Field(
         False, description="log a line per request (uvicorn's access log; off by default: it costs throughput)"
     )
+    model_control: Literal["none", "poll"] = Field(
+        "none",
+        description="poll: watch the run folder of --model-path and serve a better checkpoint as soon as eirtrain "
+        "writes it (loaded and warmed up beside the one served, which finishes its requests first); none: serve "
+        "the checkpoint chosen at start for the server's life",
+    )
+    poll_interval_s: float = Field(
+        2.0, gt=0, description="with --model-control poll, how often to look at the run folder"
+    )

@@ -159,6 +159,10 @@ class ModelInfo(BaseModel):
     sampling: SamplingInfo | None = Field(
         None, description="a diffusion model's sampling parameters, defaults and bounds (null: one forward pass)"
     )
+    checkpoint: str | None = Field(
+        None,
+        description="the bundle file served; with --model-control poll it changes as better checkpoints arrive",
+    )
 
 
 class InfoResponse(BaseModel):

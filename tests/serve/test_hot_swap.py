@@ -1,0 +1,172 @@
+"""``--model-control poll``: a run folder served while better checkpoints arrive (watch.py).
+
+The checkpoints are real ones, from one short eirtrain run that keeps several; each is copied
+into the watched folder under a name that makes it the best so far, as eirtrain names a better
+checkpoint."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from eir_core.cli.train import main as eirtrain
+from eir_serve.app import create_app
+from eir_serve.metrics import Metrics
+from eir_serve.runtime import load_predictor, resolve_runtime
+from eir_serve.service import ModelService
+from eir_serve.settings import Settings
+from tests.helpers import tutorial_configs
+
+pytestmark = pytest.mark.slow
+ITEM = {"mnist": base64.b64encode(np.arange(64, dtype=np.uint8).tobytes()).decode()}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) -> list[Path]:
+    """Four checkpoints of one run (iterations 10, 20, 30, 40...), different weights each."""
+    tmp = tmp_path_factory.mktemp("swap")
+    run = tmp / "run"
+    every = {"checkpoint_interval": 10, "sample_interval": 10, "n_saved_models": 10}
+    args = tutorial_configs(tmp, digits_dir, run, conditional=False, evaluation_checkpoint=every)
+    assert eirtrain([*args, "--globals.basic_experiment.n_epochs=1"]) == 0
+    found = sorted((run / "saved_models").glob("*.safetensors"), key=lambda p: int(p.name.split("_")[2]))
+    assert len(found) >= 3, found
+    return found
+
+
+def _place(folder: Path, checkpoint: Path, rank: int) -> Path:
+    """Copy ``checkpoint`` into ``folder`` as the best so far (perf-average ``rank``), atomically."""
+    it = int(checkpoint.name.split("_checkpoint_")[1].split("_")[0])
+    target = folder / f"run_checkpoint_{it}_perf-average={rank:.4f}.safetensors"
+    part = folder / (target.name + ".part")
+    shutil.copyfile(checkpoint, part)
+    part.rename(target)
+    return target
+
+
+def _expected(checkpoint: Path) -> bytes:
+    """What the server's own runtime gives for ``checkpoint`` (the torch runtime here: the
+    earlier checkpoints of a run carry no ONNX graph)."""
+    settings = Settings(model_path=checkpoint, device="cpu")
+    service = ModelService(
+        load_predictor(settings, checkpoint, resolve_runtime(settings, checkpoint)), settings, Metrics()
+    )
+    out = service.predictor.predict(service.decode_items([ITEM]), [0])[0]["mnist_output"]
+    return np.ascontiguousarray(out, "<f4").tobytes()
+
+
+def _wait(what: Callable[[], bool], timeout: float = 20.0) -> None:
+    t0 = time.monotonic()
+    while not what():
+        assert time.monotonic() - t0 < timeout, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def watched(tmp_path: Path, checkpoints: list[Path]) -> Iterator[tuple[TestClient, Path]]:
+    saved = tmp_path / "run" / "saved_models"
+    saved.mkdir(parents=True)
+    _place(saved, checkpoints[0], 1)
+    settings = Settings(
+        model_path=tmp_path / "run", device="cpu", model_control="poll", poll_interval_s=0.05, body_timeout_s=0.5
+    )
+    with TestClient(create_app(settings)) as c:
+        yield c, saved
+
+
+def _answer(c: TestClient) -> bytes:
+    r = c.post("/predict", params={"seed": 0}, json=[ITEM])
+    assert r.status_code == 200, r.text
+    return base64.b64decode(r.json()["result"][0]["mnist_output"])
+
+
+def test_a_better_checkpoint_is_served_and_info_says_which(
+    watched: tuple[TestClient, Path], checkpoints: list[Path]
+) -> None:
+    c, saved = watched
+    assert _answer(c) == _expected(checkpoints[0])
+    first = c.get("/info").json()["model"]
+    target = _place(saved, checkpoints[-1], 2)
+    _wait(lambda: c.get("/info").json()["model"]["checkpoint"] == target.name)
+    model = c.get("/info").json()["model"]
+    assert model["training"]["iteration"] > first["training"]["iteration"]
+    assert _answer(c) == _expected(checkpoints[-1]) != _expected(checkpoints[0])
+    assert 'eir_model_swaps_total{result="ok"} 1.0' in c.get("/metrics").text
+
+
+def test_a_checkpoint_that_cannot_load_never_replaces_the_served_one(
+    watched: tuple[TestClient, Path], checkpoints: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    c, saved = watched
+    bad = saved / "run_checkpoint_99_perf-average=5.0000.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{half a header")
+    _wait(lambda: 'eir_model_swaps_total{result="failed"} 1.0' in c.get("/metrics").text)
+    assert c.get("/info").json()["model"]["checkpoint"] != bad.name
+    assert _answer(c) == _expected(checkpoints[0])
+    assert any("not loaded, still serving" in r.getMessage() for r in caplog.records)
+    time.sleep(0.3)  # several polls: the same broken file is not tried again
+    assert 'eir_model_swaps_total{result="failed"} 1.0' in c.get("/metrics").text
+    bad.unlink()
+    target = _place(saved, checkpoints[1], 6)
+    _wait(lambda: c.get("/info").json()["model"]["checkpoint"] == target.name)
+    assert _answer(c) == _expected(checkpoints[1])
+
+
+def test_swaps_under_load_fail_no_request_and_release_old_versions(
+    watched: tuple[TestClient, Path], checkpoints: list[Path]
+) -> None:
+    c, saved = watched
+    wanted = {_expected(p) for p in checkpoints}
+    failures: list[str] = []
+    answers: set[bytes] = set()
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            r = c.post("/predict", params={"seed": 0}, json=[ITEM])
+            if r.status_code != 200:
+                failures.append(f"{r.status_code} {r.text}")
+            else:
+                answers.add(base64.b64decode(r.json()["result"][0]["mnist_output"]))
+
+    threads = [threading.Thread(target=hammer) for _ in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        for k in range(8):  # each swap to the next checkpoint, round and round
+            target = _place(saved, checkpoints[(k + 1) % len(checkpoints)], 10 + k)
+            _wait(lambda target=target: c.get("/info").json()["model"]["checkpoint"] == target.name)  # type: ignore[misc]
+            for old in saved.glob("*.safetensors"):
+                if old != target:
+                    old.unlink()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    # every answer is one version's (to float tolerance: batch composition changes the last bits),
+    # and the requests saw at least three of them
+    versions = [np.frombuffer(w, "<f4") for w in wanted]
+    seen = set()
+    for a in answers:
+        which = [i for i, v in enumerate(versions) if np.allclose(np.frombuffer(a, "<f4"), v, rtol=1e-4, atol=1e-3)]
+        assert which, "an answer no version gives"
+        seen.update(which)
+    assert len(seen) >= 3
+    watcher = c.app.state.watcher  # type: ignore[attr-defined]
+    # the versions swapped out are stopped once no request can still hold them (body deadline + margin)
+    _wait(lambda: not watcher.retiring)
+    assert watcher.released == 8 and _answer(c) in wanted
+
+
+def test_poll_needs_a_run_folder(tiny_bundle: Path) -> None:
+    with pytest.raises(ValueError, match="--model-control poll watches a run folder"):
+        create_app(Settings(model_path=tiny_bundle, device="cpu", model_control="poll"))
