@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +189,13 @@ def bundle_named(src: Path, dst_dir: Path, name: str) -> Path:
     out = dst_dir / f"{name}.safetensors"
     save_file(tensors, str(out), metadata=metadata)
     return out
+
+
+def place_checkpoint(folder: Path, checkpoint: Path, rank: int) -> Path:
+    """Copy ``checkpoint`` into ``folder`` as the best so far (perf-average ``rank``), atomically."""
+    it = int(checkpoint.name.split("_checkpoint_")[1].split("_")[0])
+    target = folder / f"run_checkpoint_{it}_perf-average={rank:.4f}.safetensors"
+    part = folder / (target.name + ".part")
+    shutil.copyfile(checkpoint, part)
+    part.rename(target)
+    return target

@@ -7,7 +7,6 @@ checkpoint."""
 from __future__ import annotations
 
 import base64
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,39 +16,15 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from eir_core.cli.train import main as eirtrain
 from eir_serve.app import create_app
 from eir_serve.metrics import Metrics
 from eir_serve.runtime import load_predictor, resolve_runtime
 from eir_serve.service import ModelService
 from eir_serve.settings import Settings
-from tests.helpers import tutorial_configs
+from tests.helpers import place_checkpoint
 
 pytestmark = pytest.mark.slow
 ITEM = {"mnist": base64.b64encode(np.arange(64, dtype=np.uint8).tobytes()).decode()}
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) -> list[Path]:
-    """Four checkpoints of one run (iterations 10, 20, 30, 40...), different weights each."""
-    tmp = tmp_path_factory.mktemp("swap")
-    run = tmp / "run"
-    every = {"checkpoint_interval": 10, "sample_interval": 10, "n_saved_models": 10}
-    args = tutorial_configs(tmp, digits_dir, run, conditional=False, evaluation_checkpoint=every)
-    assert eirtrain([*args, "--globals.basic_experiment.n_epochs=1"]) == 0
-    found = sorted((run / "saved_models").glob("*.safetensors"), key=lambda p: int(p.name.split("_")[2]))
-    assert len(found) >= 3, found
-    return found
-
-
-def _place(folder: Path, checkpoint: Path, rank: int) -> Path:
-    """Copy ``checkpoint`` into ``folder`` as the best so far (perf-average ``rank``), atomically."""
-    it = int(checkpoint.name.split("_checkpoint_")[1].split("_")[0])
-    target = folder / f"run_checkpoint_{it}_perf-average={rank:.4f}.safetensors"
-    part = folder / (target.name + ".part")
-    shutil.copyfile(checkpoint, part)
-    part.rename(target)
-    return target
 
 
 def _expected(checkpoint: Path) -> bytes:
@@ -74,7 +49,7 @@ def _wait(what: Callable[[], bool], timeout: float = 20.0) -> None:
 def watched(tmp_path: Path, checkpoints: list[Path]) -> Iterator[tuple[TestClient, Path]]:
     saved = tmp_path / "run" / "saved_models"
     saved.mkdir(parents=True)
-    _place(saved, checkpoints[0], 1)
+    place_checkpoint(saved, checkpoints[0], 1)
     settings = Settings(
         model_path=tmp_path / "run", device="cpu", model_control="poll", poll_interval_s=0.05, body_timeout_s=0.5
     )
@@ -94,7 +69,7 @@ def test_a_better_checkpoint_is_served_and_info_says_which(
     c, saved = watched
     assert _answer(c) == _expected(checkpoints[0])
     first = c.get("/info").json()["model"]
-    target = _place(saved, checkpoints[-1], 2)
+    target = place_checkpoint(saved, checkpoints[-1], 2)
     _wait(lambda: c.get("/info").json()["model"]["checkpoint"] == target.name)
     model = c.get("/info").json()["model"]
     assert model["training"]["iteration"] > first["training"]["iteration"]
@@ -115,7 +90,7 @@ def test_a_checkpoint_that_cannot_load_never_replaces_the_served_one(
     time.sleep(0.3)  # several polls: the same broken file is not tried again
     assert 'eir_model_swaps_total{result="failed"} 1.0' in c.get("/metrics").text
     bad.unlink()
-    target = _place(saved, checkpoints[1], 6)
+    target = place_checkpoint(saved, checkpoints[1], 6)
     _wait(lambda: c.get("/info").json()["model"]["checkpoint"] == target.name)
     assert _answer(c) == _expected(checkpoints[1])
 
@@ -142,7 +117,7 @@ def test_swaps_under_load_fail_no_request_and_release_old_versions(
         t.start()
     try:
         for k in range(8):  # each swap to the next checkpoint, round and round
-            target = _place(saved, checkpoints[(k + 1) % len(checkpoints)], 10 + k)
+            target = place_checkpoint(saved, checkpoints[(k + 1) % len(checkpoints)], 10 + k)
             _wait(lambda target=target: c.get("/info").json()["model"]["checkpoint"] == target.name)  # type: ignore[misc]
             for old in saved.glob("*.safetensors"):
                 if old != target:
