@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from eir_serve.app import create_app
 from eir_serve.metrics import Metrics
-from eir_serve.runtime import load_predictor, resolve_runtime
+from eir_serve.runtime import describe, load_predictor, resolve_runtime
 from eir_serve.service import ModelService
 from eir_serve.settings import Settings
 from tests.helpers import place_checkpoint
@@ -36,6 +36,11 @@ def _expected(checkpoint: Path) -> bytes:
     )
     out = service.predictor.predict(service.decode_items([ITEM]), [0])[0]["mnist_output"]
     return np.ascontiguousarray(out, "<f4").tobytes()
+
+
+def _close(got: bytes, want: bytes) -> bool:
+    """The same answer to float tolerance: a swapped-in model runs eager, the first one traced."""
+    return bool(np.allclose(np.frombuffer(got, "<f4"), np.frombuffer(want, "<f4"), rtol=1e-5, atol=1e-4))
 
 
 def _wait(what: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -73,7 +78,9 @@ def test_a_better_checkpoint_is_served_and_info_says_which(
     _wait(lambda: c.get("/info").json()["model"]["checkpoint"] == target.name)
     model = c.get("/info").json()["model"]
     assert model["training"]["iteration"] > first["training"]["iteration"]
-    assert _answer(c) == _expected(checkpoints[-1]) != _expected(checkpoints[0])
+    assert _close(_answer(c), _expected(checkpoints[-1])) and not _close(_answer(c), _expected(checkpoints[0]))
+    # swapped-in models run eager on PyTorch (TorchScript would keep ~12 MB per load), or on ONNX Runtime
+    assert "torchscript" not in describe(c.app.state.service.predictor)  # type: ignore[attr-defined]
     assert 'eir_model_swaps_total{result="ok"} 1.0' in c.get("/metrics").text
 
 
@@ -92,7 +99,7 @@ def test_a_checkpoint_that_cannot_load_never_replaces_the_served_one(
     bad.unlink()
     target = place_checkpoint(saved, checkpoints[1], 6)
     _wait(lambda: c.get("/info").json()["model"]["checkpoint"] == target.name)
-    assert _answer(c) == _expected(checkpoints[1])
+    assert _close(_answer(c), _expected(checkpoints[1]))
 
 
 def test_swaps_under_load_fail_no_request_and_release_old_versions(
@@ -139,7 +146,7 @@ def test_swaps_under_load_fail_no_request_and_release_old_versions(
     watcher = c.app.state.watcher  # type: ignore[attr-defined]
     # the versions swapped out are stopped once no request can still hold them (body deadline + margin)
     _wait(lambda: not watcher.retiring)
-    assert watcher.released == 8 and _answer(c) in wanted
+    assert watcher.released == 8 and any(_close(_answer(c), w) for w in wanted)
 
 
 def test_poll_needs_a_run_folder(tiny_bundle: Path) -> None:

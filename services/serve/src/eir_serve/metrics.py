@@ -66,6 +66,13 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.model_versions_loaded = Gauge(
+            "eir_model_versions_loaded",
+            "checkpoints in memory: the one served and those swapped out but still finishing requests",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.model_versions_loaded.set(1)
         self.sampling_cancelled = Counter(
             "eir_sampling_cancelled_total",
             "requests dropped from the step loop because their client went away or their deadline passed",

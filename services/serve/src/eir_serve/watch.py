@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -97,6 +99,7 @@ class CheckpointWatcher:
         log.info("now serving %s (iteration %s; loaded and warmed up in %.2f s)", path.name, iteration, took)
         if old is not None:
             self.retiring.append(Retiring(old, time.monotonic()))
+        self.metrics.model_versions_loaded.set(1 + len(self.retiring))
         return True
 
     async def _release_retired(self, force: bool = False) -> None:
@@ -108,7 +111,11 @@ class CheckpointWatcher:
                 self.released += 1
             else:
                 keep.append(r)
-        self.retiring = keep
+        if len(keep) < len(self.retiring):
+            self.retiring = keep
+            self.metrics.model_versions_loaded.set(1 + len(keep))
+            gc.collect()  # the released model's cycles (PyTorch modules hold some) go now, not at some later collection
+            _trim_heap()
 
     async def run(self) -> None:
         while True:
@@ -122,6 +129,14 @@ class CheckpointWatcher:
 
     async def close(self) -> None:
         await self._release_retired(force=True)
+
+
+def _trim_heap() -> None:
+    """Give the freed heap of a released model back to the OS (glibc's malloc_trim; elsewhere a no-op)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @contextlib.asynccontextmanager
