@@ -46,6 +46,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -298,6 +299,20 @@ def start(name: str, bundle: Path, folder: Path, cpu: int, mlconf: tuple[int, fl
     return server
 
 
+def stop(server: Any) -> None:
+    """The server and every process it started (LitServe's workers outlive a terminated parent
+    and keep polling their queues on the server's core)."""
+    from proctree import children
+
+    pids = children(server.proc.pid)
+    server.stop()
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 META_NAME = "run"  # the served model's name (eirserve names it after the run folder)
 
 # Routes each server serves, by the route's name.
@@ -400,7 +415,7 @@ def tune_mlserver(bundle: Path, folder: Path, cpu: int, reqs: Requests, seconds:
             reqs.load(server, "v2_json", 8, 2)
             m = reqs.load(server, "v2_json", 32, seconds)
         finally:
-            server.stop()
+            stop(server)
         tried.append({"max_batch_size": conf[0], "max_batch_time": conf[1], "parallel_workers": conf[2], **m})
         print("mlserver config", json.dumps(tried[-1]), flush=True)
     return tried
@@ -454,7 +469,7 @@ def main() -> None:
                 raise SystemExit("eirserve serves the model under another name")
             reference = {route: reqs.answer(ours, route) for route in ROUTES["eirserve"]}
         finally:
-            ours.stop()
+            stop(ours)
         tried = tune_mlserver(bundle, folder, cpu, reqs, a.tune_seconds)
         best = max(tried, key=lambda t: 1000 / t["cpu_ms_per_req"] if t["cpu_ms_per_req"] else 0)
         mlconf = (best["max_batch_size"], best["max_batch_time"], best["parallel_workers"])
@@ -487,7 +502,7 @@ def main() -> None:
                         }
                     )
                 finally:
-                    server.stop()
+                    stop(server)
             print(f"round {r + 1} done, load average {os.getloadavg()}", flush=True)
         result["answers_checked"] = "every peer route equal to eirserve's (np.allclose, rtol 1e-5)"
         result["points"] = {k: sl.median_round(v) for k, v in runs.items()}
