@@ -38,6 +38,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from eir_core.manifest import checkpoint_name, checkpoints_in, parse_checkpoint_name
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TUTORIAL = ROOT / "examples" / "tutorial" / "digits8"
@@ -66,17 +68,17 @@ def train(data: Path, run: Path) -> list[Path]:
         "--no-pbar",
     ]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)
-    found = sorted(
-        (run / "saved_models").glob("*.safetensors"), key=lambda p: int(p.name.split("_checkpoint_")[1].split("_")[0])
-    )
+    found = [path for _, _, path in sorted(checkpoints_in(run / "saved_models"), key=lambda c: c[1])]
     if len(found) < 3:
         sys.exit(f"the training kept {len(found)} checkpoints; 3 or more are needed")
     return found
 
 
 def place(folder: Path, checkpoint: Path, rank: int) -> Path:
-    it = int(checkpoint.name.split("_checkpoint_")[1].split("_")[0])
-    target = folder / f"live_checkpoint_{it}_perf-average={rank:.4f}.safetensors"
+    """Copy ``checkpoint`` into ``folder`` named as the best so far (perf-average ``rank``), atomically."""
+    parsed = parse_checkpoint_name(checkpoint.name)
+    assert parsed is not None, checkpoint
+    target = folder / checkpoint_name("live", parsed[0], rank)
     part = folder / (target.name + ".part")
     shutil.copyfile(checkpoint, part)
     part.rename(target)

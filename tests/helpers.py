@@ -9,6 +9,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from eir_core.manifest import checkpoint_name, parse_checkpoint_name
+
 
 def with_values(model: BaseModel, **values: object) -> Any:
     """A copy of a frozen config with dotted paths replaced, e.g.
@@ -193,8 +195,9 @@ def bundle_named(src: Path, dst_dir: Path, name: str) -> Path:
 
 def place_checkpoint(folder: Path, checkpoint: Path, rank: int) -> Path:
     """Copy ``checkpoint`` into ``folder`` as the best so far (perf-average ``rank``), atomically."""
-    it = int(checkpoint.name.split("_checkpoint_")[1].split("_")[0])
-    target = folder / f"run_checkpoint_{it}_perf-average={rank:.4f}.safetensors"
+    parsed = parse_checkpoint_name(checkpoint.name)
+    assert parsed is not None, checkpoint
+    target = folder / checkpoint_name("run", parsed[0], rank)
     part = folder / (target.name + ".part")
     shutil.copyfile(checkpoint, part)
     part.rename(target)

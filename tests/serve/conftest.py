@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from eir_core.cli.train import main as eirtrain
+from eir_core.manifest import checkpoints_in
 from eir_serve.app import create_app
 from eir_serve.settings import Settings
 from tests.helpers import tutorial_configs
@@ -43,6 +44,6 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) -> l
     every = {"checkpoint_interval": 10, "sample_interval": 10, "n_saved_models": 10}
     args = tutorial_configs(tmp, digits_dir, run, conditional=False, evaluation_checkpoint=every)
     assert eirtrain([*args, "--globals.basic_experiment.n_epochs=1"]) == 0
-    found = sorted((run / "saved_models").glob("*.safetensors"), key=lambda p: int(p.name.split("_")[2]))
+    found = [path for _, _, path in sorted(checkpoints_in(run / "saved_models"), key=lambda c: c[1])]
     assert len(found) >= 3, found
     return found

@@ -51,3 +51,13 @@ def test_bad_values_are_one_line_naming_the_flag(capsys: pytest.CaptureFixture[s
     assert err.count("\n") == 1 and err.startswith("eirserve: error: --port (or EIR_SERVE_PORT): ")
     assert cli.main(["--model-path", "m", "--max-batch-size", "many"]) == 2
     assert "--max-batch-size" in capsys.readouterr().err
+
+
+def test_poll_on_a_bundle_file_is_refused_before_the_model_loads(
+    tiny_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["--model-path", str(tiny_bundle), "--model-control", "poll", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("eirserve: error: --model-control poll watches a run folder") and "Traceback" not in err
+    assert cli.main(["--model-path", str(tiny_bundle), "--poll-interval-s", "0"]) == 2
+    assert "--poll-interval-s" in capsys.readouterr().err

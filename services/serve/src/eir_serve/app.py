@@ -35,7 +35,7 @@ from eir_serve.runtime import describe, load_checked, load_predictor, resolve_ru
 from eir_serve.server import BodyTimeoutMiddleware, DrainingMiddleware
 from eir_serve.service import ModelService, example_payload
 from eir_serve.settings import Settings
-from eir_serve.watch import RETIRE_MARGIN_S, CheckpointWatcher, watching
+from eir_serve.watch import RETIRE_MARGIN_S, CheckpointWatcher, check_model_control, watching
 
 log = logging.getLogger("eir_serve")
 
@@ -52,11 +52,7 @@ def create_app(settings: Settings, predictor: Runner | None = None) -> FastAPI:
         resolve_device(settings.device)
     api_key = resolve_api_key(settings)
     metrics = Metrics()
-    if settings.model_control == "poll" and not Path(settings.model_path).is_dir():
-        raise ValueError(
-            f"--model-control poll watches a run folder, but --model-path {settings.model_path} is a file; "
-            "pass the run folder eirtrain writes"
-        )
+    check_model_control(settings)
 
     def check_call(metadata: Mapping[str, str]) -> None:  # gRPC's ModelInfer, as the HTTP infer routes
         if not check_bearer(metadata.get("authorization"), api_key):

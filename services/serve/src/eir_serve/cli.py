@@ -132,8 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_port_free(settings.host, settings.grpc_port)
         from eir_core.bundle import load_array_bundle, resolve_bundle_path
         from eir_serve.runtime import load_checked, resolve_runtime
+        from eir_serve.watch import check_model_control
 
         bundle_path = resolve_bundle_path(settings.model_path)
+        check_model_control(settings)
         runtime = resolve_runtime(settings, bundle_path)
         if runtime == "torch" and settings.workers == 1:  # a device PyTorch cannot use is refused now
             from eir_core.device import resolve_device

@@ -38,6 +38,15 @@ log = logging.getLogger("eir_serve.watch")
 RETIRE_MARGIN_S = 2.0  # beyond the body deadline: the parse pool's queue, the route's own checks
 
 
+def check_model_control(settings: Any) -> None:
+    """A ValueError naming the flags when ``--model-control poll`` has nothing to watch."""
+    if settings.model_control == "poll" and not Path(settings.model_path).is_dir():
+        raise ValueError(
+            f"--model-control poll watches a run folder, but --model-path {settings.model_path} is a file; "
+            "pass the run folder eirtrain writes"
+        )
+
+
 @dataclass
 class Retiring:
     service: Any
