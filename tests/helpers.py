@@ -193,6 +193,13 @@ def bundle_named(src: Path, dst_dir: Path, name: str) -> Path:
     return out
 
 
+def bundle_version(bundle: Path) -> str:
+    """The protocol version eirserve gives a bundle: its training iteration (from the checkpoint
+    name), or "1" for a bundle under another name."""
+    parsed = parse_checkpoint_name(bundle.name)
+    return str(parsed[0]) if parsed else "1"
+
+
 def place_checkpoint(folder: Path, checkpoint: Path, rank: int) -> Path:
     """Copy ``checkpoint`` into ``folder`` as the best so far (perf-average ``rank``), atomically."""
     parsed = parse_checkpoint_name(checkpoint.name)

@@ -33,6 +33,7 @@ def test_real_server_answers_tritonclient_over_http_and_grpc_and_stops_both(
     with eirserve(tiny_conditional_bundle, env={"EIR_SERVE_GRPC_PORT": str(grpc_port)}) as server:  # the env form
         port = int(server.url.rsplit(":", 1)[1])
         name = httpx.get(f"http://127.0.0.1:{port}/info").json()["model"]["name"]
+        version = httpx.get(f"http://127.0.0.1:{port}/v2/models/{name}").json()["versions"][0]
         img = np.load(digits_dir / "mnist_npy" / "10004.npy").reshape(1, 1, 8, 8)
         label = np.array([b"6"], dtype=object)
         want = np.frombuffer(
@@ -47,14 +48,14 @@ def test_real_server_answers_tritonclient_over_http_and_grpc_and_stops_both(
         ).reshape(1, 1, 8, 8)
 
         g = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
-        assert g.is_server_ready() and g.is_model_ready(name, "1")
+        assert g.is_server_ready() and g.is_model_ready(name, version)
         inputs = [
             grpcclient.InferInput("mnist", [1, 1, 8, 8], "UINT8"),
             grpcclient.InferInput("mnist_label.CLASS", [1], "BYTES"),
         ]
         inputs[0].set_data_from_numpy(img)
         inputs[1].set_data_from_numpy(label)
-        got = g.infer(name, inputs, model_version="1", parameters={"seed": 3}).as_numpy("mnist_output")
+        got = g.infer(name, inputs, model_version=version, parameters={"seed": 3}).as_numpy("mnist_output")
         np.testing.assert_allclose(got, want, rtol=1e-6)
 
         h = httpclient.InferenceServerClient(f"127.0.0.1:{port}")

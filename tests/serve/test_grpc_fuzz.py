@@ -17,9 +17,11 @@ from eir_serve import protocol
 from eir_serve.grpc import grpc_predict_v2_pb2 as pb
 from eir_serve.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from eir_serve.settings import Settings
+from tests.helpers import bundle_version
 from tests.serve.live import serve_in_thread
 
 pytestmark = pytest.mark.slow
+CURRENT = "<the bundle's version>"  # drawn, then replaced by the served version in the test
 CLIENT_SIDE = {
     grpc.StatusCode.OK,
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -85,7 +87,7 @@ RAW = st.one_of(
 def wild(draw: st.DrawFn) -> pb.ModelInferRequest:
     req = pb.ModelInferRequest(
         model_name=draw(st.sampled_from(["run", "run", "run", "other", ""])),
-        model_version=draw(st.sampled_from(["", "1", "1", "2"])),
+        model_version=draw(st.sampled_from(["", CURRENT, CURRENT, "2"])),
         id=draw(st.text(max_size=4)),
         inputs=draw(st.lists(TENSOR, max_size=3)),
         raw_input_contents=draw(RAW),
@@ -107,7 +109,7 @@ def near_valid(draw: st.DrawFn) -> pb.ModelInferRequest:
     n = draw(st.integers(0, 5))
     categories = [b"3", b"7"] if draw(st.booleans()) else [b"3", b"7", b"", b"11", b"\xff"]
     labels = draw(st.lists(st.sampled_from(categories), min_size=n, max_size=n))
-    req = pb.ModelInferRequest(model_name="run", model_version=draw(st.sampled_from(["", "1"])))
+    req = pb.ModelInferRequest(model_name="run", model_version=draw(st.sampled_from(["", CURRENT])))
     if draw(st.booleans()):
         req.parameters["seed"].int64_param = draw(st.integers(-(2**63), 2**63 - 1))
     label = req.inputs.add(name="mnist_label.CLASS", datatype="BYTES", shape=[draw(st.sampled_from([n, n, n + 1]))])
@@ -126,7 +128,12 @@ def near_valid(draw: st.DrawFn) -> pb.ModelInferRequest:
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
 @given(req=st.one_of(wild(), near_valid()))
-def test_model_infer_never_fails_server_side(stub: pb_grpc.GRPCInferenceServiceStub, req: pb.ModelInferRequest) -> None:
+def test_model_infer_never_fails_server_side(
+    stub: pb_grpc.GRPCInferenceServiceStub, tiny_conditional_bundle: Path, req: pb.ModelInferRequest
+) -> None:
+    version = bundle_version(tiny_conditional_bundle)
+    if req.model_version == CURRENT:
+        req.model_version = version
     try:
         resp = stub.ModelInfer(req, timeout=30)
     except grpc.RpcError as e:
@@ -136,7 +143,7 @@ def test_model_infer_never_fails_server_side(stub: pb_grpc.GRPCInferenceServiceS
         return
     event("OK")
     n = resp.outputs[0].shape[0]
-    assert list(resp.outputs[0].shape) == [n, 1, 8, 8] and resp.model_version == "1"
+    assert list(resp.outputs[0].shape) == [n, 1, 8, 8] and resp.model_version == version
     out = np.frombuffer(resp.raw_output_contents[0], "<f4")
     assert out.size == n * 64 and np.isfinite(out).all()
 

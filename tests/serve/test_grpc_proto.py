@@ -41,7 +41,8 @@ def test_the_service_has_the_protocols_name_and_methods() -> None:
         t = theirs.methods_by_name[m.name]
         assert (m.input_type.full_name, m.output_type.full_name) == (t.input_type.full_name, t.output_type.full_name)
     assert [m.name for m in ours_service.methods] == [
-        "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"
+        "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
+        "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",  # Triton's model-repository extension
     ]  # fmt: skip
 
 

@@ -7,6 +7,7 @@ checkpoint."""
 from __future__ import annotations
 
 import base64
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from eir_serve.settings import Settings
 from tests.helpers import place_checkpoint
 
 pytestmark = pytest.mark.slow
+FAILED_ONCE = re.compile(r'^eir_model_swaps_total\{model="[^"]+",result="failed"\} 1\.0$', re.M)
 ITEM = {"mnist": base64.b64encode(np.arange(64, dtype=np.uint8).tobytes()).decode()}
 
 
@@ -81,7 +83,7 @@ def test_a_better_checkpoint_is_served_and_info_says_which(
     assert _close(_answer(c), _expected(checkpoints[-1])) and not _close(_answer(c), _expected(checkpoints[0]))
     # swapped-in models run eager on PyTorch (TorchScript would keep ~12 MB per load), or on ONNX Runtime
     assert "torchscript" not in describe(c.app.state.service.predictor)  # type: ignore[attr-defined]
-    assert 'eir_model_swaps_total{result="ok"} 1.0' in c.get("/metrics").text
+    assert re.search(r'^eir_model_swaps_total\{model="[^"]+",result="ok"\} 1\.0$', c.get("/metrics").text, re.M)
 
 
 def test_a_checkpoint_that_cannot_load_never_replaces_the_served_one(
@@ -90,12 +92,12 @@ def test_a_checkpoint_that_cannot_load_never_replaces_the_served_one(
     c, saved = watched
     bad = saved / "run_checkpoint_99_perf-average=5.0000.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{half a header")
-    _wait(lambda: 'eir_model_swaps_total{result="failed"} 1.0' in c.get("/metrics").text)
+    _wait(lambda: FAILED_ONCE.search(c.get("/metrics").text) is not None)
     assert c.get("/info").json()["model"]["checkpoint"] != bad.name
     assert _answer(c) == _expected(checkpoints[0])
     assert any("not loaded, still serving" in r.getMessage() for r in caplog.records)
     time.sleep(0.3)  # several polls: the same broken file is not tried again
-    assert 'eir_model_swaps_total{result="failed"} 1.0' in c.get("/metrics").text
+    assert FAILED_ONCE.search(c.get("/metrics").text)
     bad.unlink()
     target = place_checkpoint(saved, checkpoints[1], 6)
     _wait(lambda: c.get("/info").json()["model"]["checkpoint"] == target.name)
@@ -143,7 +145,7 @@ def test_swaps_under_load_fail_no_request_and_release_old_versions(
         assert which, "an answer no version gives"
         seen.update(which)
     assert len(seen) >= 3
-    watcher = c.app.state.watcher  # type: ignore[attr-defined]
+    watcher = c.app.state.models  # type: ignore[attr-defined]
     # the versions swapped out are stopped once no request can still hold them (body deadline + margin)
     _wait(lambda: not watcher.retiring)
     assert watcher.released == 8 and any(_close(_answer(c), w) for w in wanted)

@@ -61,7 +61,7 @@ def test_concurrency_64_no_errors_flat_memory(tiny_bundle: Path, digits_dir: Pat
                             thirds[third].append(rss_mb(pid))
                             m = (await probe.get("/metrics")).text
                             depths.append(
-                                float(next(x for x in m.splitlines() if x.startswith("eir_queue_depth ")).split()[1])
+                                float(next(x for x in m.splitlines() if x.startswith("eir_queue_depth{")).split()[1])
                             )
                             await asyncio.sleep(0.2)  # sampling period of the memory probe
 

@@ -26,6 +26,7 @@ from eir_serve.errors import ApiError
 from eir_serve.grpc.server import grpc_service
 from eir_serve.metrics import Metrics
 from eir_serve.settings import Settings
+from tests.helpers import bundle_version
 from tests.serve.live import Live, free_port, serve_in_thread
 
 pytestmark = pytest.mark.slow
@@ -36,6 +37,12 @@ SEED = 11
 def live(tiny_conditional_bundle: Path) -> Iterator[Live]:
     with serve_in_thread(Settings(model_path=tiny_conditional_bundle, device="cpu", batch_timeout_ms=2)) as lv:
         yield lv
+
+
+@pytest.fixture(scope="module")
+def served(tiny_conditional_bundle: Path) -> str:
+    """The version the bundle is served as (its training iteration)."""
+    return bundle_version(tiny_conditional_bundle)
 
 
 @pytest.fixture(scope="module")
@@ -61,36 +68,39 @@ def predict(live: Live, imgs: np.ndarray, labels: np.ndarray, seed: int) -> np.n
     )
 
 
-@pytest.mark.parametrize("version", ["", "1"])
-def test_http_client_health_and_metadata(live: Live, name: str, version: str) -> None:
+@pytest.mark.parametrize("versioned", [False, True])
+def test_http_client_health_and_metadata(live: Live, name: str, served: str, versioned: bool) -> None:
+    version = served if versioned else ""
     c = httpclient.InferenceServerClient(live.http)
     assert c.is_server_live() and c.is_server_ready()
     assert c.is_model_ready(name, model_version=version)
     assert not c.is_model_ready(name, model_version="2")
     meta = c.get_model_metadata(name, model_version=version)
-    assert meta["versions"] == ["1"]
+    assert meta["versions"] == [served]
     assert {"name": "mnist", "datatype": "UINT8", "shape": [-1, 1, 8, 8]} in meta["inputs"]
     assert {"name": "mnist_label.CLASS", "datatype": "BYTES", "shape": [-1]} in meta["inputs"]
     assert "binary_tensor_data" in c.get_server_metadata()["extensions"]
 
 
-@pytest.mark.parametrize("version", ["", "1"])
-def test_grpc_client_health_and_metadata(live: Live, name: str, version: str) -> None:
+@pytest.mark.parametrize("versioned", [False, True])
+def test_grpc_client_health_and_metadata(live: Live, name: str, served: str, versioned: bool) -> None:
+    version = served if versioned else ""
     c = grpcclient.InferenceServerClient(live.grpc)
     assert c.is_server_live() and c.is_server_ready()
     assert c.is_model_ready(name, model_version=version)
     assert not c.is_model_ready(name, model_version="2") and not c.is_model_ready("other")
     meta = c.get_model_metadata(name, model_version=version, as_json=True)
-    assert meta["versions"] == ["1"] and meta["platform"] == "pytorch_eir"
+    assert meta["versions"] == [served] and meta["platform"] == "pytorch_eir"
     assert {"name": "mnist", "datatype": "UINT8", "shape": ["-1", "1", "8", "8"]} in meta["inputs"]
     assert "binary_tensor_data" in c.get_server_metadata().extensions
 
 
 @pytest.mark.parametrize("binary", [False, True])
-@pytest.mark.parametrize("version", ["", "1"])
+@pytest.mark.parametrize("versioned", [False, True])
 def test_http_client_infer_equals_predict(
-    live: Live, name: str, batch: tuple[np.ndarray, np.ndarray], version: str, binary: bool
+    live: Live, name: str, batch: tuple[np.ndarray, np.ndarray], served: str, versioned: bool, binary: bool
 ) -> None:
+    version = served if versioned else ""
     imgs, labels = batch
     img = httpclient.InferInput("mnist", list(imgs.shape), "UINT8")
     img.set_data_from_numpy(imgs, binary_data=binary)
@@ -99,15 +109,16 @@ def test_http_client_infer_equals_predict(
     out = httpclient.InferRequestedOutput("mnist_output", binary_data=binary)
     c = httpclient.InferenceServerClient(live.http)
     r = c.infer(name, [img, lab], model_version=version, outputs=[out], parameters={"seed": SEED}, request_id="x7")
-    assert r.get_response()["id"] == "x7" and r.get_response()["model_version"] == "1"
+    assert r.get_response()["id"] == "x7" and r.get_response()["model_version"] == served
     assert ("parameters" in r.get_response()["outputs"][0]) is binary  # binary_data_size only when binary
     np.testing.assert_allclose(r.as_numpy("mnist_output"), predict(live, imgs, labels, SEED), rtol=1e-6)
 
 
-@pytest.mark.parametrize("version", ["", "1"])
+@pytest.mark.parametrize("versioned", [False, True])
 def test_grpc_client_infer_equals_predict(
-    live: Live, name: str, batch: tuple[np.ndarray, np.ndarray], version: str
+    live: Live, name: str, batch: tuple[np.ndarray, np.ndarray], served: str, versioned: bool
 ) -> None:
+    version = served if versioned else ""
     imgs, labels = batch
     img = grpcclient.InferInput("mnist", list(imgs.shape), "UINT8")
     img.set_data_from_numpy(imgs)
@@ -115,18 +126,18 @@ def test_grpc_client_infer_equals_predict(
     lab.set_data_from_numpy(labels)
     c = grpcclient.InferenceServerClient(live.grpc)
     r = c.infer(name, [img, lab], model_version=version, parameters={"seed": SEED}, request_id="g1")
-    assert r.get_response().id == "g1" and r.get_response().model_version == "1"
+    assert r.get_response().id == "g1" and r.get_response().model_version == served
     got = r.as_numpy("mnist_output")
     assert got.dtype == np.float32 and got.shape == (3, 1, 8, 8)
     np.testing.assert_allclose(got, predict(live, imgs, labels, SEED), rtol=1e-6)
 
 
 def test_grpc_typed_contents_from_the_clients_own_proto(
-    live: Live, name: str, batch: tuple[np.ndarray, np.ndarray]
+    live: Live, name: str, served: str, batch: tuple[np.ndarray, np.ndarray]
 ) -> None:
     """tritonclient's independently written .proto, typed contents instead of raw bytes."""
     imgs, labels = batch
-    req = service_pb2.ModelInferRequest(model_name=name, model_version="1")
+    req = service_pb2.ModelInferRequest(model_name=name, model_version=served)
     req.parameters["seed"].int64_param = SEED
     t = req.inputs.add(name="mnist", datatype="UINT8", shape=imgs.shape)
     t.contents.uint_contents.extend(imgs.reshape(-1).tolist())
@@ -165,7 +176,7 @@ def test_bad_requests_through_the_clients_print_our_message(
     g = grpcclient.InferInput("mnist", [3, 64], "UINT8")
     g.set_data_from_numpy(batch[0].reshape(3, 64))
     with pytest.raises(InferenceServerException) as e:
-        grpcclient.InferenceServerClient(live.grpc).infer(name, [g], model_version="1")
+        grpcclient.InferenceServerClient(live.grpc).infer(name, [g], model_version="")
     assert e.value.message() == "input 'mnist': shape [3, 64] does not match the model's [N, 1, 8, 8]"
     with pytest.raises(InferenceServerException) as e:
         grpcclient.InferenceServerClient(live.grpc).infer(name, [g], model_version="2")

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from eir_serve import protocol
 from eir_serve.app import create_app
 from eir_serve.settings import Settings
+from tests.helpers import bundle_version
 
 HEADER = "Inference-Header-Content-Length"
 
@@ -46,16 +47,19 @@ def images(digits_dir: Path, n: int) -> np.ndarray:
     return np.stack([np.load(digits_dir / "mnist_npy" / f"{10001 + i}.npy") for i in range(n)])
 
 
-@pytest.mark.parametrize("version", [None, "1"])
-def test_every_model_route_answers_with_and_without_version(cond_client: TestClient, version: str | None) -> None:
-    name = model(cond_client)
-    base = f"/v2/models/{name}" + (f"/versions/{version}" if version else "")
+@pytest.mark.parametrize("versioned", [False, True])
+def test_every_model_route_answers_with_and_without_version(
+    cond_client: TestClient, tiny_conditional_bundle: Path, versioned: bool
+) -> None:
+    name, version = model(cond_client), bundle_version(tiny_conditional_bundle)
+    assert version != "1"  # a checkpoint's version is its training iteration
+    base = f"/v2/models/{name}" + (f"/versions/{version}" if versioned else "")
     meta = cond_client.get(base)
-    assert meta.status_code == 200 and meta.json()["versions"] == ["1"]
+    assert meta.status_code == 200 and meta.json()["versions"] == [version]
     assert cond_client.get(f"{base}/ready").json() == {"ready": True}
     body = {"inputs": [{"name": "mnist_label.CLASS", "shape": [1], "datatype": "BYTES", "data": ["2"]}]}
     r = cond_client.post(f"{base}/infer", json=body)
-    assert r.status_code == 200 and r.json()["model_version"] == "1"
+    assert r.status_code == 200 and r.json()["model_version"] == version
 
 
 def test_other_versions_and_models_are_404_in_the_protocol_shape(cond_client: TestClient) -> None:
@@ -64,8 +68,9 @@ def test_other_versions_and_models_are_404_in_the_protocol_shape(cond_client: Te
         r = cond_client.get(path)
         assert r.status_code == 404 and set(r.json()) == {"error"}, (path, r.text)
     r = cond_client.post(f"/v2/models/{name}/versions/0/infer", json={"inputs": []})
-    assert r.json() == {"error": f"model {name!r} has no version '0'; its only version is '1'"}
-    assert cond_client.get("/v2/models/nope").json() == {"error": f"unknown model 'nope'; this server serves {name!r}"}
+    version = cond_client.get(f"/v2/models/{name}").json()["versions"][0]
+    assert r.json() == {"error": f"model {name!r} has no version '0' loaded; loaded: {version}"}
+    assert cond_client.get("/v2/models/nope").json() == {"error": f"unknown model 'nope'; this server's models: {name}"}
     r = cond_client.get("/v2/no/such/route")
     assert r.status_code == 404 and isinstance(r.json()["error"], str)
     r = cond_client.delete(f"/v2/models/{name}/infer")
@@ -164,7 +169,8 @@ def test_binary_request_and_response_equal_json_and_predict(cond_client: TestCli
     label_bytes = struct.pack("<I", 1) + b"3" + struct.pack("<I", 1) + b"8"
     assert label_bytes == protocol.join_bytes(labels)
     body, headers = binary_body(header, imgs.tobytes(), label_bytes)
-    r = cond_client.post(f"/v2/models/{name}/versions/1/infer", content=body, headers=headers)
+    version = cond_client.get(f"/v2/models/{name}").json()["versions"][0]
+    r = cond_client.post(f"/v2/models/{name}/versions/{version}/infer", content=body, headers=headers)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/octet-stream"
     head, raw = split_answer(r)
@@ -272,7 +278,7 @@ def test_not_ready_is_503_in_the_protocol_shape(tiny_bundle: Path) -> None:
     c = TestClient(create_app(Settings(model_path=tiny_bundle, device="cpu")))  # no `with`: lifespan not run
     for path in ("/v2/models/x", "/v2/models/x/versions/1/ready"):
         r = c.get(path)
-        assert r.status_code == 503 and r.json() == {"error": "the model is still loading; retry shortly"}
+        assert r.status_code == 503 and r.json() == {"error": "the server is loading its models; retry"}
     assert c.get("/v2/health/ready").status_code == 503
 
 

@@ -88,7 +88,7 @@ def test_workers_share_the_port_and_metrics_add_up(tiny_bundle: Path, payload: l
                 x for x in text.splitlines() if x.startswith('eir_requests_total{route="/predict",status="200"}')
             )
             assert float(line.split()[-1]) == 60.0, line
-            assert re.search(r"^eir_predicted_items_total 60\.0$", text, re.M), text[:500]
+            assert re.search(r"^eir_predicted_items_total\{[^}]*\} 60\.0$", text, re.M), text[:500]
     finally:
         code = server.stop()
     assert code == 0, server.stderr

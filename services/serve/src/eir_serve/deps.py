@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the loaded model service, or 503 while it is not ready."""
+"""FastAPI dependencies: the default model's service, or 503 while it is not ready."""
 
 from __future__ import annotations
 
@@ -11,11 +11,18 @@ from eir_serve.service import ModelService
 
 
 async def get_service(request: Request) -> ModelService:
+    """The default model's newest version (the EIR routes serve it)."""
     # async on purpose: FastAPI runs a plain-def dependency in a thread pool, a thread hop per request.
-    service: ModelService | None = getattr(request.app.state, "service", None)
-    if service is None or not request.app.state.ready:
+    state = request.app.state
+    service: ModelService | None = state.service
+    if service is not None and state.ready:
+        return service
+    models = state.models
+    if not state.ready or models is None:
         raise ApiError(503, "not_ready", "the model is still loading; retry shortly", headers={"Retry-After": "1"})
-    return service
+    if models.default_model is None:
+        raise ApiError(404, "not_found", "the model repository has no model yet")
+    return models.lookup(models.default_model, None)  # type: ignore[no-any-return]  # raises: not serving
 
 
 ServiceDep = Annotated[ModelService, Depends(get_service)]

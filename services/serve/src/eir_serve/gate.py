@@ -12,7 +12,8 @@ Media types (parameters such as ``charset`` allowed, case-insensitive):
 
 * ``POST /predict`` (and ``/echo``): ``application/json``;
 * ``POST /v2/.../infer``: ``application/json``, ``application/octet-stream`` (the binary tensor
-  extension), or none at all, as Triton's own clients send it. A browser cannot send a
+  extension), or none at all, as Triton's own clients send it; ``POST /v2/repository/...``
+  (model control): ``application/json`` or none. A browser cannot send a
   request without one to another site unnoticed: it adds ``Sec-Fetch-Site`` or ``Origin``,
   which the cross-origin check reads.
 """
@@ -34,6 +35,8 @@ from eir_serve.errors import ApiError, error_body
 INFER_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 JSON_ONLY = ("application/json",)
 V2_TYPES = ("application/json", "application/octet-stream", "")
+REPOSITORY_PATH = re.compile(r"^/v2/repository/(index|models/[^/]+/(load|unload))$")
+CONTROL_TYPES = ("application/json", "")  # tritonclient sends the index request without a body
 CODINGS = ("identity", "gzip", "deflate")
 SMALL_BODY = 64 * 1024  # bodies up to this size may use the whole pool; larger ones 3/4 of it
 MAX_DIGITS = 19  # a length that does not fit in 63 bits is not a length
@@ -97,6 +100,8 @@ def body_route(scope: Scope) -> tuple[str, ...] | None:
         return JSON_ONLY
     if INFER_PATH.match(path):
         return V2_TYPES
+    if REPOSITORY_PATH.match(path):
+        return CONTROL_TYPES
     return None
 
 

@@ -28,16 +28,25 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        # The series of one model version carry its name and version (labels); a version's series
+        # go when it is released (``ModelMetrics.release``), so many swaps do not pile them up.
         self.batch_size = Histogram(
             "eir_batch_size",
             "items per forward pass",
+            ["model", "version"],
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         )
         self.queue_depth = Gauge(
-            "eir_queue_depth", "items waiting for a forward pass", registry=self.registry, multiprocess_mode="livesum"
+            "eir_queue_depth",
+            "items waiting for a forward pass",
+            ["model", "version"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
-        self.items = Counter("eir_predicted_items_total", "items predicted", registry=self.registry)
+        self.items = Counter(
+            "eir_predicted_items_total", "items predicted", ["model", "version"], registry=self.registry
+        )
         # Diffusion models: the step loop of sampler.py (one forward pass per step for every request in flight).
         self.sampling_steps = Counter(
             "eir_sampling_steps_total", "forward passes of the diffusion step loop", registry=self.registry
@@ -62,22 +71,32 @@ class Metrics:
         )
         self.model_swaps = Counter(
             "eir_model_swaps_total",
-            "checkpoints the --model-control poll watcher swapped in (ok) or could not load (failed)",
-            ["result"],
+            "versions loaded after the start (--model-control poll or explicit): ok, or failed to load",
+            ["model", "result"],
             registry=self.registry,
         )
         self.model_versions_loaded = Gauge(
             "eir_model_versions_loaded",
-            "checkpoints in memory: the one served and those swapped out but still finishing requests",
+            "versions in memory: those served and those swapped out but still finishing requests",
+            ["model"],
             registry=self.registry,
             multiprocess_mode="livesum",
         )
-        self.model_versions_loaded.set(1)
+        self.model_ready = Gauge(
+            "eir_model_ready",
+            "1 for each model version that answers requests",
+            ["model", "version"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
         self.sampling_cancelled = Counter(
             "eir_sampling_cancelled_total",
             "requests dropped from the step loop because their client went away or their deadline passed",
             registry=self.registry,
         )
+
+    def for_model(self, model: str, version: str) -> ModelMetrics:
+        return ModelMetrics(self, model, version)
 
     def render(self) -> bytes:
         """The Prometheus text of this process, or of all worker processes in multiprocess mode."""
@@ -87,6 +106,32 @@ class Metrics:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]  # unannotated upstream
         return generate_latest(registry)
+
+
+class ModelMetrics:
+    """What one model version's service records: its own series (bound to its labels), and the
+    server-wide ones of the diffusion step loop (reached through this object unchanged)."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        self.server = metrics
+        self.labels = (model, version)
+        self.items = metrics.items.labels(model, version)
+        self.batch_size = metrics.batch_size.labels(model, version)
+        self.queue_depth = metrics.queue_depth.labels(model, version)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.server, name)
+
+    def set_ready(self, ready: bool) -> None:
+        self.server.model_ready.labels(*self.labels).set(1 if ready else 0)
+
+    def release(self) -> None:
+        """Drop this version's series (it is no longer served)."""
+        for metric in (self.server.items, self.server.batch_size, self.server.queue_depth, self.server.model_ready):
+            try:
+                metric.remove(*self.labels)
+            except KeyError:  # never recorded
+                pass
 
 
 class MetricsMiddleware:

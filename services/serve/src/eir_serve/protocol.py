@@ -26,7 +26,6 @@ from eir_serve.errors import ApiError
 from eir_serve.service import ModelService
 from eir_serve.settings import MAX_NOISE_SCALE
 
-VERSION = "1"  # the bundle is the model's one version
 PLATFORM = "pytorch_eir"
 EXTENSIONS = ["binary_tensor_data"]
 MAX_SEED = 2**62
@@ -95,17 +94,23 @@ def output_specs(service: ModelService) -> dict[str, TensorSpec]:
     return {n: TensorSpec(n, "FP32", o.shape, n) for n, o in service.outputs.items()}
 
 
-def model_name(service: ModelService) -> str:
-    return service.predictor.manifest.run_name
+def registry(state: Any) -> Any:
+    """The app's models (repository.Registry); 503 while the server starts."""
+    models = getattr(state, "models", None)
+    if models is None or not state.ready:
+        raise ApiError(503, "not_ready", "the server is loading its models; retry", headers={"Retry-After": "1"})
+    return models
 
 
-def check_model(service: ModelService, name: str, version: str | None) -> None:
-    """404 unless ``name`` is this server's model and ``version`` is empty, absent or "1"."""
-    have = model_name(service)
-    if name != have:
-        raise ApiError(404, "not_found", f"unknown model {name!r}; this server serves {have!r}")
-    if version not in (None, "", VERSION):
-        raise ApiError(404, "not_found", f"model {name!r} has no version {version!r}; its only version is {VERSION!r}")
+def model_service(state: Any, name: str, version: str | None) -> ModelService:
+    """The service of model ``name`` at ``version`` (empty or None: its newest; repository.py):
+    404 for an unknown model or version, 503 while the server or the model is loading."""
+    service: ModelService = registry(state).lookup(name, version)
+    return service
+
+
+def model_versions(state: Any, name: str) -> list[str]:
+    return state.models.versions(name)  # type: ignore[no-any-return]
 
 
 def check_header(specs: dict[str, TensorSpec], name: str, datatype: str, shape: Sequence[int]) -> TensorSpec:

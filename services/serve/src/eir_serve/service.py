@@ -61,11 +61,15 @@ def json_limits(inputs: Mapping[str, ArrayInput | TabularInput], max_items: int)
 
 
 class ModelService:
-    def __init__(self, predictor: Runner, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, predictor: Runner, settings: Settings, metrics: Metrics, model: str = "", version: str = "1"
+    ) -> None:
         self.predictor = predictor
         self.checkpoint: str | None = None  # the bundle's file name, for /info
+        self.model = model  # the name and version requests use (repository.py)
+        self.version = version
         self.settings = settings
-        self.metrics = metrics
+        self.metrics = metrics.for_model(model, version)
         self.diffusion = predictor.diffusion
         self.batcher: Batcher | StepBatcher
         if self.diffusion is not None:  # sampled step by step, every request in flight in each forward pass
@@ -75,7 +79,7 @@ class ModelService:
                 return items.split_outputs({job.output: job.x}, job.n)
 
             self.batcher = StepBatcher(
-                self.diffusion, predictor.run_batch, finish, settings.max_batch_size, settings.max_queue, metrics
+                self.diffusion, predictor.run_batch, finish, settings.max_batch_size, settings.max_queue, self.metrics
             )
         else:
             self.batcher = Batcher(
@@ -83,8 +87,8 @@ class ModelService:
                 settings.max_batch_size,
                 settings.batch_timeout_ms / 1000,
                 settings.max_queue,
-                on_batch=metrics.batch_size.observe,
-                on_depth=metrics.queue_depth.set,
+                on_batch=self.metrics.batch_size.observe,
+                on_depth=self.metrics.queue_depth.set,
             )
         self.inputs = predictor.inputs
         self.outputs = predictor.outputs

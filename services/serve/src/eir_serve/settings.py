@@ -14,7 +14,14 @@ MAX_NOISE_SCALE = 10.0  # of the noise that replaces a left-out input (setting, 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EIR_SERVE_", extra="ignore")
 
-    model_path: Path = Field(description="a .safetensors bundle or a run folder")
+    model_path: Path | None = Field(
+        None, description="a .safetensors bundle or a run folder: one model (or give --model-repository)"
+    )
+    model_repository: Path | None = Field(
+        None,
+        description="a folder of models: each run folder or bundle folder in it is a model named by the folder, "
+        "its checkpoints are the model's versions (numbered by training iteration)",
+    )
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free one, logged at start)")
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:N")
@@ -102,12 +109,37 @@ class Settings(BaseSettings):
     access_log: bool = Field(
         False, description="log a line per request (uvicorn's access log; off by default: it costs throughput)"
     )
-    model_control: Literal["none", "poll"] = Field(
+    model_control: Literal["none", "poll", "explicit"] = Field(
         "none",
-        description="poll: watch the run folder of --model-path and serve a better checkpoint as soon as eirtrain "
-        "writes it (loaded and warmed up beside the one served, which finishes its requests first); none: serve "
-        "the checkpoint chosen at start for the server's life",
+        description="none: serve the versions chosen at start for the server's life; poll: watch the run folder "
+        "or repository and serve new versions as eirtrain writes them (each loaded and warmed up beside the one "
+        "served, which finishes its requests first); explicit: load and unload models on request "
+        "(POST /v2/repository/models/NAME/load and /unload, Triton's model-repository extension)",
     )
     poll_interval_s: float = Field(
-        2.0, gt=0, description="with --model-control poll, how often to look at the run folder"
+        2.0, gt=0, description="with --model-control poll, how often to look at the run folder or repository"
+    )
+    version_policy: str = Field(
+        "auto",
+        description="which checkpoints of a model are served: best (the one --model-path picks: highest "
+        "perf-average, then latest), latest:N (the N latest iterations), all, specific:ITER[,ITER...]; "
+        "auto: best for --model-path, latest:1 for --model-repository",
+    )
+    model_version_policies: dict[str, str] = Field(
+        default_factory=dict, description='per model, over --version-policy, as JSON: {"digits": "latest:2"}'
+    )
+    load_model: str = Field(
+        "*",
+        description="with --model-control explicit, the models loaded at start: comma-separated names, "
+        "* for every model, or an empty string for none",
+    )
+    default_model: str | None = Field(
+        None,
+        description="the model of the EIR routes (/predict, /info) and the web page when the repository has "
+        "several (default: the first by name)",
+    )
+    ready_when: Literal["all", "any"] = Field(
+        "all",
+        description="when /ready (and the protocol's server readiness) says ready: all = every model meant to "
+        "be loaded answers requests; any = at least one does",
     )

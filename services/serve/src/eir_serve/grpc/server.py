@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from eir_serve import __version__, protocol
+from eir_serve import __version__, control, protocol
 from eir_serve.errors import ApiError
 from eir_serve.grpc import grpc_predict_v2_pb2 as pb
 from eir_serve.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -56,7 +56,7 @@ log = logging.getLogger("eir_serve.grpc")
 T = TypeVar("T")
 SERVICE = "inference.GRPCInferenceService"
 # The calls ``check_call`` guards: inference. Health, readiness and metadata stay open for probes.
-GUARDED = frozenset({"ModelInfer"})
+GUARDED = frozenset({"ModelInfer", "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"})
 
 # Which typed field of InferTensorContents holds each datatype (the protocol's table).
 CONTENTS = {
@@ -110,11 +110,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await context.abort(status, message)
         raise AssertionError("unreachable: abort raises")
 
-    def _service(self) -> ModelService:
-        service: ModelService | None = getattr(self.state, "service", None)
-        if service is None or not self.state.ready:
-            raise ApiError(503, "not_ready", "the model is not ready; retry shortly")
-        return service
+    def _service(self, name: str, version: str) -> ModelService:
+        return protocol.model_service(self.state, name, version)
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         async def run() -> pb.ServerLiveResponse:
@@ -124,21 +121,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
         async def run() -> pb.ServerReadyResponse:
-            return pb.ServerReadyResponse(ready=bool(self.state.ready))
+            models = getattr(self.state, "models", None)
+            return pb.ServerReadyResponse(ready=bool(self.state.ready) and models is not None and models.ready())
 
         return await self._call("ServerReady", context, request, run)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         async def run() -> pb.ModelReadyResponse:
             # A yes/no question: an unknown model or version is "not ready" (HTTP says so with a 404).
-            service: ModelService | None = getattr(self.state, "service", None)
-            if service is None:
-                return pb.ModelReadyResponse(ready=False)
             try:
-                protocol.check_model(service, request.name, request.version)
+                self._service(request.name, request.version)
             except ApiError:
                 return pb.ModelReadyResponse(ready=False)
-            return pb.ModelReadyResponse(ready=bool(self.state.ready))
+            return pb.ModelReadyResponse(ready=True)
 
         return await self._call("ModelReady", context, request, run)
 
@@ -150,8 +145,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         async def run() -> pb.ModelMetadataResponse:
-            service = self._service()
-            protocol.check_model(service, request.name, request.version)
+            service = self._service(request.name, request.version)
 
             def meta(specs: dict[str, TensorSpec]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
                 return [
@@ -161,7 +155,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
             return pb.ModelMetadataResponse(
                 name=request.name,
-                versions=[protocol.VERSION],
+                versions=protocol.model_versions(self.state, request.name),
                 platform=protocol.PLATFORM,
                 inputs=meta(protocol.input_specs(service)),
                 outputs=meta(protocol.output_specs(service)),
@@ -171,8 +165,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         async def run() -> pb.ModelInferResponse:
-            service = self._service()
-            protocol.check_model(service, request.model_name, request.model_version)
+            service = self._service(request.model_name, request.model_version)
             seed = protocol.parse_seed(_parameter(request.parameters, "seed"))
             noise_scale = protocol.parse_noise_scale(_parameter(request.parameters, "noise_scale"))
             sampling = protocol.parse_sampling(service, lambda key: _parameter(request.parameters, key))
@@ -180,13 +173,38 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             items = protocol.decode_inputs(service, request_tensors(request))
             # A call the client cancels is cancelled here too: its sample leaves the step loop.
             arrays = await protocol.infer(service, items, seed, outputs, noise_scale, sampling)
-            answer = pb.ModelInferResponse(model_name=request.model_name, model_version=protocol.VERSION, id=request.id)
+            answer = pb.ModelInferResponse(model_name=request.model_name, model_version=service.version, id=request.id)
             for name, arr in arrays.items():
                 answer.outputs.add(name=name, datatype="FP32", shape=arr.shape)
                 answer.raw_output_contents.append(protocol.to_raw(arr, "FP32"))
             return answer
 
         return await self._call("ModelInfer", context, request, run)
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        async def run() -> pb.RepositoryIndexResponse:
+            rows = control.index(self.state, request.ready)
+            return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**r) for r in rows])
+
+        return await self._call("RepositoryIndex", context, request, run)
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        async def run() -> pb.RepositoryModelLoadResponse:
+            await control.load(self.state, request.model_name, _repository_parameters(request.parameters))
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._call("RepositoryModelLoad", context, request, run)
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        async def run() -> pb.RepositoryModelUnloadResponse:
+            await control.unload(self.state, request.model_name, _repository_parameters(request.parameters))
+            return pb.RepositoryModelUnloadResponse()
+
+        return await self._call("RepositoryModelUnload", context, request, run)
 
 
 def _parameter(params: Mapping[str, pb.InferParameter], key: str) -> Any:
@@ -247,7 +265,19 @@ METHODS: dict[str, tuple[Any, Any]] = {  # name: (request, response) message cla
     "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
     "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
     "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+    "RepositoryIndex": (pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+    "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse),
+    "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse),
 }
+
+
+def _repository_parameters(parameters: Any) -> dict[str, Any]:
+    """A load or unload call's parameters as plain values (each is one of the oneof's fields)."""
+    out = {}
+    for key, p in parameters.items():
+        which = p.WhichOneof("parameter_choice")
+        out[key] = getattr(p, which) if which else None
+    return out
 
 
 def _handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:

@@ -48,10 +48,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def build_router(example: list[dict[str, Any]]) -> APIRouter:
-    """The routes, with ``example`` (a request this bundle accepts) shown in /docs."""
+def build_router(example: list[dict[str, Any]] | None) -> APIRouter:
+    """The routes, with ``example`` (a request the default model accepts) shown in /docs."""
     r = APIRouter(tags=["eir"], route_class=JsonBodyRoute)
     examples = {"this model": {"summary": "zeros / the first category of every input", "value": example}}
+    if example is None:  # no bundle yet (a run folder waiting for its first checkpoint)
+        examples = {}
 
     @r.post(
         "/predict",
@@ -61,7 +63,7 @@ def build_router(example: list[dict[str, Any]]) -> APIRouter:
         response_model=PredictResponse,
     )
     async def predict(
-        items: Annotated[PredictRequest, Body(openapi_examples=examples)],
+        items: Annotated[PredictRequest, Body(openapi_examples=examples or None)],
         service: ServiceDep,
         request: Request,
         seed: Annotated[int | None, Query(ge=0, le=2**62, description="noise seed")] = None,

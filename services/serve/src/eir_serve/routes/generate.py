@@ -71,19 +71,18 @@ async def _read_generate(service: ModelService, request: Request) -> _Generate:
     return _Generate(item, seed, noise_scale, sampling, every)
 
 
-def _generated(name: str, result: dict[str, np.ndarray]) -> dict[str, Any]:
-    out: dict[str, Any] = {"model_name": name, "model_version": protocol.VERSION}
+def _generated(name: str, version: str, result: dict[str, np.ndarray]) -> dict[str, Any]:
+    out: dict[str, Any] = {"model_name": name, "model_version": version}
     for key, arr in result.items():
         out[key] = arr.tolist()
     return out
 
 
 async def _generate(service: ModelService, name: str, version: str | None, request: Request) -> Response:
-    protocol.check_model(service, name, version)
     g = await _read_generate(service, request)
     gone = client_gone(request) if service.diffusion is not None else None
     results = await service.run([g.item], g.seed, g.noise_scale, g.sampling, gone)
-    return JSONResponse(_generated(name, results[0]))
+    return JSONResponse(_generated(name, service.version, results[0]))
 
 
 def _event(data: dict[str, Any], kind: str | None = None) -> bytes:
@@ -92,7 +91,6 @@ def _event(data: dict[str, Any], kind: str | None = None) -> bytes:
 
 
 async def _generate_stream(service: ModelService, name: str, version: str | None, request: Request) -> Response:
-    protocol.check_model(service, name, version)
     g = await _read_generate(service, request)
 
     async def one_pass() -> AsyncIterator[bytes]:
@@ -101,7 +99,7 @@ async def _generate_stream(service: ModelService, name: str, version: str | None
         except ApiError as e:
             yield _event({"error": e.message}, "error")
             return
-        yield _event({**_generated(name, results[0]), "done": True})
+        yield _event({**_generated(name, service.version, results[0]), "done": True})
 
     if service.diffusion is None:
         return StreamingResponse(one_pass(), media_type="text/event-stream", headers=_SSE_HEADERS)
@@ -121,7 +119,8 @@ async def _generate_stream(service: ModelService, name: str, version: str | None
                             raise sample.future.exception()  # type: ignore[misc]
                         continue  # finished: its last event is already queued
                     p = getter.result()
-                    yield _event({**_generated(name, p.arrays[0]), "step": p.step, "steps": p.steps, "done": p.done})
+                    step = {"step": p.step, "steps": p.steps, "done": p.done}
+                    yield _event({**_generated(name, service.version, p.arrays[0]), **step})
                     if p.done:
                         return
         except TimeoutError:

@@ -19,9 +19,18 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", description="200 once the bundle is loaded and warmed up, 503 before.")
+def server_ready(state: object) -> bool:
+    """Started, and the models serve as --ready-when asks (every wanted model, or any)."""
+    models = getattr(state, "models", None)
+    return bool(getattr(state, "ready", False)) and models is not None and models.ready()
+
+
+@router.get(
+    "/ready",
+    description="200 once the models are loaded and warmed up (all of them, or any: --ready-when), 503 before.",
+)
 async def ready(request: Request) -> JSONResponse:
-    if getattr(request.app.state, "ready", False):
+    if server_ready(request.app.state):
         return JSONResponse({"status": "ready"})
     return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
 

@@ -26,11 +26,11 @@ from eir_core.diffusion_sampling import SamplingParams
 from eir_serve import __version__, protocol
 from eir_serve.auth import require_api_key
 from eir_serve.body import off_loop, parse_json, read_body
-from eir_serve.deps import ServiceDep
 from eir_serve.errors import ApiError
 from eir_serve.gate import ascii_int, coding_of
 from eir_serve.protocol import RequestTensor, TensorSpec, bad
 from eir_serve.routes.generate import GENERATE_DOC, STREAM_DOC, _generate, _generate_stream
+from eir_serve.routes.ops import server_ready
 from eir_serve.schemas.v2 import (
     InferRequest,
     InferResponse,
@@ -66,19 +66,17 @@ async def live() -> LiveResponse:
 
 @router.get("/health/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
 async def v2_ready(request: Request) -> JSONResponse:
-    ok = bool(getattr(request.app.state, "ready", False))
+    ok = server_ready(request.app.state)
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
-def model_metadata(service: ModelService, name: str, version: str | None) -> ModelMetadataResponse:
-    protocol.check_model(service, name, version)
-
+def model_metadata(service: ModelService, name: str, versions: list[str]) -> ModelMetadataResponse:
     def meta(specs: dict[str, TensorSpec]) -> list[TensorMetadata]:
         return [TensorMetadata(name=s.name, datatype=s.datatype, shape=s.metadata_shape) for s in specs.values()]
 
     return ModelMetadataResponse(
         name=name,
-        versions=[protocol.VERSION],
+        versions=versions,
         platform=protocol.PLATFORM,
         inputs=meta(protocol.input_specs(service)),
         outputs=meta(protocol.output_specs(service)),
@@ -107,11 +105,11 @@ def _sampling_parameters(service: ModelService) -> dict[str, str | int | float |
 def _both_forms(method: str, tail: str, endpoint: Callable[..., Coroutine[Any, Any, Any]], **kwargs: Any) -> None:
     """Register ``/models/{name}<tail>`` and ``/models/{name}/versions/{version}<tail>``."""
 
-    async def unversioned(name: str, request: Request, service: ServiceDep) -> Any:
-        return await endpoint(service, name, None, request)
+    async def unversioned(name: str, request: Request) -> Any:
+        return await endpoint(protocol.model_service(request.app.state, name, None), name, None, request)
 
-    async def versioned(name: str, version: str, request: Request, service: ServiceDep) -> Any:
-        return await endpoint(service, name, version, request)
+    async def versioned(name: str, version: str, request: Request) -> Any:
+        return await endpoint(protocol.model_service(request.app.state, name, version), name, version, request)
 
     base = endpoint.__name__.strip("_")
     router.add_api_route(
@@ -128,12 +126,12 @@ def _both_forms(method: str, tail: str, endpoint: Callable[..., Coroutine[Any, A
 
 
 async def _metadata(service: ModelService, name: str, version: str | None, request: Request) -> JSONResponse:
-    return JSONResponse(model_metadata(service, name, version).model_dump(exclude_none=True))
+    versions = protocol.model_versions(request.app.state, name)
+    return JSONResponse(model_metadata(service, name, versions).model_dump(exclude_none=True))
 
 
 async def _ready(service: ModelService, name: str, version: str | None, request: Request) -> ReadyResponse:
-    protocol.check_model(service, name, version)
-    return ReadyResponse(ready=True)
+    return ReadyResponse(ready=True)  # model_service answered 404 or 503 for a model or version not serving
 
 
 @dataclass(frozen=True)
@@ -150,7 +148,6 @@ class _Decoded:
 
 
 async def _infer(service: ModelService, name: str, version: str | None, request: Request) -> Response:
-    protocol.check_model(service, name, version)
     body = await read_body(request, service.settings.max_body_bytes)
     pool = request.app.state.parse_pool  # a large body is decoded off the event loop
     headers = request.headers
@@ -160,7 +157,7 @@ async def _infer(service: ModelService, name: str, version: str | None, request:
     gone = client_gone(request) if service.diffusion is not None else None
     arrays = await protocol.infer(service, d.items, d.seed, d.outputs, d.noise_scale, d.sampling, gone)
     size = sum(a.size for a in arrays.values()) * 8  # about the bytes of a JSON answer
-    return await off_loop(pool, size, _answer, name, d.id, arrays, d.binary)
+    return await off_loop(pool, size, _answer, name, service.version, d.id, arrays, d.binary)
 
 
 def _decode(service: ModelService, body: bytes, encoding: str | None, header_length: str | None) -> _Decoded:
@@ -265,7 +262,9 @@ def _binary_outputs(req: InferRequest, outputs: list[TensorSpec], all_binary: An
     return binary
 
 
-def _answer(name: str, request_id: str | None, arrays: dict[str, np.ndarray], binary: dict[str, bool]) -> Response:
+def _answer(
+    name: str, version: str, request_id: str | None, arrays: dict[str, np.ndarray], binary: dict[str, bool]
+) -> Response:
     outputs, raws = [], []
     for out_name, arr in arrays.items():
         tensor: dict[str, Any] = {"name": out_name, "datatype": "FP32", "shape": list(arr.shape)}
@@ -276,7 +275,7 @@ def _answer(name: str, request_id: str | None, arrays: dict[str, np.ndarray], bi
         else:
             tensor["data"] = arr.reshape(-1).tolist()
         outputs.append(tensor)
-    answer: dict[str, Any] = {"model_name": name, "model_version": protocol.VERSION, "outputs": outputs}
+    answer: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": outputs}
     if request_id is not None:
         answer["id"] = request_id
     if not raws:

@@ -101,3 +101,12 @@ class ProtocolErrorResponse(BaseModel):
     """The protocol's error object: every 4xx/5xx under /v2."""
 
     error: str
+
+
+class RepositoryIndexEntry(BaseModel):
+    """One row of the model-repository index (a model version, or a model with none loaded)."""
+
+    name: str
+    version: str = ""
+    state: str = Field(description="READY, LOADING or UNAVAILABLE")
+    reason: str = ""

@@ -1,0 +1,449 @@
+"""Models and versions: what ``--model-path`` (one model) or ``--model-repository DIR`` serves.
+
+Layout of a repository: each folder under ``DIR`` is a model named by the folder: an eirtrain run
+folder (checkpoints in ``saved_models/``) or a folder of bundles; a ``.safetensors`` file directly
+under ``DIR`` is a model named by the file's stem. A model's versions are its checkpoints,
+numbered by training iteration (``<run>_checkpoint_<iteration>_perf-average=<x>.safetensors``);
+a folder holding one bundle under another name has the single version ``1``. ``--model-path``
+is the repository of one model, named by the bundle's run name.
+
+The version policy picks the versions served (``VersionPolicy``); unversioned requests go to the
+newest served version. The versions of a model change (``Registry.sync``) at start, on each poll
+(``--model-control poll``) or on a load request (``explicit``), and never fail a request: a new
+version is loaded and run once in a thread beside those served, then takes new requests; a
+version no longer served finishes its requests before it is stopped (``Retiring``). A version
+that cannot load is logged, shown in the index with the reason, retried only when its file
+changes, and never takes the place of a working version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from eir_core.bundle import read_manifest
+from eir_core.errors import EirError
+from eir_core.manifest import checkpoints_in
+from eir_serve.errors import ApiError
+
+log = logging.getLogger("eir_serve.repository")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # what may stand in a URL path segment
+Stamp = tuple[int, int]  # (mtime_ns, size): a file that changes is tried again
+
+
+# ------------------------------------------------------------------ what is on disk
+@dataclass(frozen=True)
+class Found:
+    """One bundle file of a model."""
+
+    version: str
+    number: int
+    perf: float
+    path: Path
+    stamp: Stamp
+
+
+def _stamp(path: Path) -> Stamp | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def found_in(source: Path) -> list[Found]:
+    """The versions in a run folder, bundle folder or bundle file (none when it is empty)."""
+    if source.is_file():
+        stamp = _stamp(source)
+        checkpoints = checkpoints_in(source.parent)
+        mine = [(perf, it) for perf, it, p in checkpoints if p == source]
+        perf, number = mine[0] if mine else (0.0, 1)
+        return [Found(str(number), number, perf, source, stamp)] if stamp else []
+    folder = source / "saved_models" if (source / "saved_models").is_dir() else source
+    found = []
+    for perf, iteration, path in checkpoints_in(folder):
+        stamp = _stamp(path)
+        if stamp is not None:
+            found.append(Found(str(iteration), iteration, perf, path, stamp))
+    if found:
+        return found
+    plain = [p for p in folder.glob("*.safetensors") if not p.name.startswith(".")]
+    if len(plain) == 1 and (stamp := _stamp(plain[0])) is not None:
+        return [Found("1", 1, 0.0, plain[0], stamp)]
+    if len(plain) > 1:
+        raise ValueError(
+            f"{folder}: {len(plain)} bundles and none named as a checkpoint (<run>_checkpoint_<iteration>_"
+            "perf-average=<x>.safetensors): give each model its own folder"
+        )
+    return []
+
+
+def models_in(repository: Path) -> dict[str, Path]:
+    """Model name -> its folder or bundle file, for every model in ``repository``."""
+    models: dict[str, Path] = {}
+    for entry in sorted(repository.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        name = entry.stem if entry.is_file() else entry.name
+        if entry.is_file() and entry.suffix != ".safetensors":
+            continue
+        if not MODEL_NAME.match(name):
+            log.warning("%s: skipped: a model name is letters, digits, '_', '.' and '-'", entry)
+            continue
+        models[name] = entry
+    return models
+
+
+# ------------------------------------------------------------------ version policy
+@dataclass(frozen=True)
+class VersionPolicy:
+    kind: Literal["best", "latest", "all", "specific"]
+    count: int = 1
+    numbers: frozenset[int] = frozenset()
+
+    @classmethod
+    def parse(cls, text: str, where: str = "--version-policy") -> VersionPolicy:
+        kind, _, arg = text.strip().partition(":")
+        try:
+            if kind in ("best", "all") and not arg:
+                return cls(kind)  # type: ignore[arg-type]
+            if kind == "latest":
+                count = int(arg) if arg else 1
+                if count >= 1:
+                    return cls("latest", count)
+            if kind == "specific" and arg:
+                return cls("specific", numbers=frozenset(int(v) for v in arg.split(",")))
+        except ValueError:
+            pass
+        raise ValueError(
+            f"{where} {text!r}: expected best, latest:N (N >= 1), all, or specific:ITERATION[,ITERATION...]"
+        )
+
+    def choose(self, found: Iterable[Found]) -> list[Found]:
+        """The versions to serve, newest first. Two files of one iteration: the better one."""
+        by_version: dict[str, Found] = {}
+        for f in found:
+            have = by_version.get(f.version)
+            if have is None or (f.perf, f.stamp) > (have.perf, have.stamp):
+                by_version[f.version] = f
+        newest = sorted(by_version.values(), key=lambda f: f.number, reverse=True)
+        if self.kind == "best":
+            return [max(newest, key=lambda f: (f.perf, f.number))] if newest else []
+        if self.kind == "latest":
+            return newest[: self.count]
+        if self.kind == "specific":
+            return [f for f in newest if f.number in self.numbers]
+        return newest
+
+    def __str__(self) -> str:
+        if self.kind == "latest":
+            return f"latest:{self.count}"
+        if self.kind == "specific":
+            return "specific:" + ",".join(map(str, sorted(self.numbers)))
+        return self.kind
+
+
+def check_model_source(settings: Any) -> None:
+    """ValueErrors naming the flags, for what cannot work whatever is on disk."""
+    if (settings.model_path is None) == (settings.model_repository is None):
+        raise ValueError(
+            "give one of --model-path (or EIR_SERVE_MODEL_PATH: a bundle or run folder) and --model-repository "
+            "(or EIR_SERVE_MODEL_REPOSITORY: a folder of models)"
+        )
+    if settings.model_repository is not None and not Path(settings.model_repository).is_dir():
+        raise ValueError(f"--model-repository {settings.model_repository}: no such folder")
+    if settings.model_control == "poll" and settings.model_path is not None and Path(settings.model_path).is_file():
+        raise ValueError(
+            f"--model-control poll watches a run folder, but --model-path {settings.model_path} is a file; "
+            "pass the run folder eirtrain writes"
+        )
+    VersionPolicy.parse(settings.version_policy) if settings.version_policy != "auto" else None
+    for name, text in settings.model_version_policies.items():
+        VersionPolicy.parse(text, f"--model-version-policies {name!r}:")
+
+
+def policy_for(settings: Any, name: str) -> VersionPolicy:
+    text = settings.model_version_policies.get(name, settings.version_policy)
+    if text == "auto":
+        text = "best" if settings.model_path is not None else "latest:1"
+    return VersionPolicy.parse(text)
+
+
+# ------------------------------------------------------------------ what is loaded
+@dataclass
+class Version:
+    found: Found
+    service: Any  # ModelService
+
+
+@dataclass
+class Model:
+    name: str
+    source: Path
+    policy: VersionPolicy
+    versions: dict[str, Version] = field(default_factory=dict)  # replaced whole, never changed in place
+    default: Any = None  # the service of unversioned requests: the newest version
+    state: str = "UNAVAILABLE"  # READY, LOADING, UNAVAILABLE (Triton's names)
+    reason: str = "not loaded yet"
+    wanted: bool = True  # explicit control: loaded on request, unloaded on request
+    loading: frozenset[str] = frozenset()
+    failed: dict[Path, tuple[Stamp, str, str]] = field(default_factory=dict)  # path -> (stamp, version, reason)
+
+
+@dataclass
+class Retiring:
+    service: Any
+    since: float
+
+
+Loader = Callable[[str, Found], Any]  # (model name, version) -> a started ModelService; runs in a thread
+
+
+class Registry:
+    def __init__(
+        self, state: Any, settings: Any, models: Mapping[str, Model], default_model: str | None, load: Loader,
+        metrics: Any, retire_after_s: float,
+    ) -> None:  # fmt: skip
+        self.state = state  # the app's: .service follows the default model's newest version
+        self.settings = settings
+        self.models = dict(models)
+        self.default_model = default_model
+        self.load = load
+        self.metrics = metrics
+        self.retire_after_s = retire_after_s
+        self.ready_when = settings.ready_when
+        self.retiring: list[Retiring] = []
+        self.released = 0  # versions stopped after they were swapped out or unloaded
+        self.lock = asyncio.Lock()  # one change of the loaded versions at a time
+
+    # -------------------------------------------------------------- requests (on the event loop)
+    def lookup(self, name: str, version: str | None) -> Any:
+        """The service for ``name`` (and ``version``; empty or None: the newest); ApiError 404/503."""
+        model = self.models.get(name)
+        if model is None:
+            have = ", ".join(self.models) or "none"
+            raise ApiError(404, "not_found", f"unknown model {name!r}; this server's models: {have}")
+        if not version:
+            if model.default is None:
+                raise self._unavailable(model)
+            return model.default
+        loaded = model.versions.get(version)
+        if loaded is None:
+            if version in model.loading:
+                retry = {"Retry-After": "1"}
+                raise ApiError(503, "not_ready", f"model {name!r} version {version!r} is loading", headers=retry)
+            have = ", ".join(model.versions) or "none"
+            raise ApiError(404, "not_found", f"model {name!r} has no version {version!r} loaded; loaded: {have}")
+        return loaded.service
+
+    def _unavailable(self, model: Model) -> ApiError:
+        if model.state == "LOADING":
+            return ApiError(503, "not_ready", f"model {model.name!r} is loading; retry", headers={"Retry-After": "1"})
+        if not model.wanted:
+            return ApiError(
+                404, "not_found", f"model {model.name!r} is not loaded; POST /v2/repository/models/{model.name}/load"
+            )
+        why = f"model {model.name!r} is not available: {model.reason}"
+        return ApiError(503, "not_ready", why, headers={"Retry-After": "5"})
+
+    def versions(self, name: str) -> list[str]:
+        """The versions of ``name`` being served, newest first."""
+        loaded = self.models[name].versions.values()
+        return [v.found.version for v in sorted(loaded, key=lambda v: v.found.number, reverse=True)]
+
+    def ready(self) -> bool:
+        """The server's readiness (``--ready-when``): every wanted model serves, or any model does."""
+        serving = [m.default is not None for m in self.models.values() if m.wanted]
+        if self.ready_when == "any":
+            return any(serving)
+        return all(serving)
+
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Triton's repository index: one entry per loaded or failed version, one for an idle model."""
+        rows: list[dict[str, str]] = []
+        for model in self.models.values():
+            entries = [{"name": model.name, "version": v, "state": "READY", "reason": ""} for v in model.versions]
+            entries += [{"name": model.name, "version": v, "state": "LOADING", "reason": ""} for v in model.loading]
+            if not ready_only:
+                served = {v.found.path for v in model.versions.values()}
+                for path, (_, version, reason) in model.failed.items():
+                    if path not in served:
+                        row = {"name": model.name, "version": version, "state": "UNAVAILABLE", "reason": reason}
+                        entries.append(row)
+                if not entries:
+                    entries.append({"name": model.name, "version": "", "state": model.state, "reason": model.reason})
+            rows += [e for e in entries if not ready_only or e["state"] == "READY"]
+        return rows
+
+    # -------------------------------------------------------------- changes
+    def adopt(self, name: str, found: Found, service: Any) -> None:
+        """A version loaded before the server started (``eirserve --model-path``)."""
+        model = self.models[name]
+        self._install(model, {found.version: Version(found, service)})
+        service.metrics.set_ready(True)
+
+    async def sync(self, model: Model) -> bool:
+        """Serve what the model's policy picks from its files now; True when anything changed."""
+        async with self.lock:
+            return await self._sync(model)
+
+    async def _sync(self, model: Model) -> bool:
+        try:
+            chosen = model.policy.choose(await asyncio.to_thread(found_in, model.source))
+        except (OSError, ValueError) as e:
+            chosen, model.reason = [], str(e)
+        new: dict[str, Version] = {}
+        failed_any = False
+        todo = []
+        for f in chosen:
+            have = model.versions.get(f.version)
+            if have is not None and have.found.path == f.path and have.found.stamp == f.stamp:
+                new[f.version] = have
+            elif model.failed.get(f.path, (None,))[0] == f.stamp:
+                failed_any = True
+            else:
+                todo.append(f)
+        if todo and model.default is None:
+            model.state, model.reason = "LOADING", ""
+        for f in todo:
+            model.loading = model.loading | {f.version}
+            try:
+                service = await asyncio.to_thread(self.load, model.name, f)
+            except (EirError, ValueError, OSError) as e:
+                failed_any = True
+                model.failed[f.path] = (f.stamp, f.version, f"{f.path.name}: {e}")
+                self._counted(model.name, "failed")
+                serving = ", ".join(model.versions) or "no version"
+                log.warning("model %s: %s not loaded, still serving %s: %s", model.name, f.path.name, serving, e)
+                continue
+            finally:
+                model.loading = model.loading - {f.version}
+            model.failed.pop(f.path, None)
+            self._counted(model.name, "ok")
+            new[f.version] = Version(f, service)
+            service.metrics.set_ready(True)
+            log.info("model %s: version %s ready (%s)", model.name, f.version, f.path.name)
+        if not chosen and not model.versions and model.state != "UNAVAILABLE":
+            model.state = "UNAVAILABLE"
+        keep_old = failed_any or not new  # a version goes only once what replaces it works
+        for v, old in model.versions.items():
+            if new.get(v) is old:
+                continue
+            if v not in new and keep_old:
+                new[v] = old
+            else:
+                self._retire(old.service)
+        changed = new != model.versions
+        self._install(model, new)
+        if not new:
+            model.state = "UNAVAILABLE"
+            if failed_any:
+                model.reason = "; ".join(reason for _, _, reason in model.failed.values())
+            elif not model.reason or model.reason == "not loaded yet":
+                model.reason = f"waiting for a checkpoint in {model.source}"
+        return changed
+
+    def _counted(self, name: str, result: str) -> None:
+        if self.state.ready:  # loads after the start (the start's own are the server's readiness)
+            self.metrics.model_swaps.labels(name, result).inc()
+
+    def _install(self, model: Model, versions: dict[str, Version]) -> None:
+        model.versions = versions
+        newest = max(versions.values(), key=lambda v: v.found.number, default=None)
+        model.default = newest.service if newest else None
+        if newest is not None:
+            model.state, model.reason = "READY", ""
+        if model.name == self.default_model:
+            self.state.service = model.default
+        self._count(model)
+
+    def _retire(self, service: Any) -> None:
+        service.metrics.set_ready(False)
+        self.retiring.append(Retiring(service, time.monotonic()))
+
+    def _count(self, model: Model) -> None:
+        mine = sum(1 for r in self.retiring if r.service.model == model.name)
+        self.metrics.model_versions_loaded.labels(model.name).set(len(model.versions) + mine)
+
+    async def unload(self, name: str) -> None:
+        async with self.lock:
+            model = self.models[name]
+            for old in model.versions.values():
+                self._retire(old.service)
+            model.wanted = False
+            self._install(model, {})
+            model.state, model.reason = "UNAVAILABLE", "unloaded"
+            log.info("model %s: unloaded", name)
+
+    async def reload(self, name: str, source: Path | None = None) -> Model:
+        """Load (or load again) a model: its failures are forgotten and its files looked at anew."""
+        async with self.lock:
+            model = self.models.get(name)
+            if model is None:
+                if source is None:
+                    raise KeyError(name)
+                model = self.models[name] = Model(name, source, policy_for(self.settings, name))
+            model.wanted = True
+            model.failed.clear()
+            await self._sync(model)
+            return model
+
+    async def stop_all(self) -> None:
+        """At shutdown: every version finishes its queued work and stops."""
+        async with self.lock:
+            for model in self.models.values():
+                for old in model.versions.values():
+                    self._retire(old.service)
+                self._install(model, {})
+        await self.release_retired(force=True)
+
+    async def release_retired(self, force: bool = False) -> None:
+        """Stop the versions swapped out once no request can still hold them (and their queue is empty)."""
+        keep: list[Retiring] = []
+        gone: list[Retiring] = []
+        for r in self.retiring:
+            quiet = r.service.batcher.queue_depth == 0
+            if force or (time.monotonic() - r.since >= self.retire_after_s and quiet):
+                gone.append(r)
+            else:
+                keep.append(r)
+        if not gone:
+            return
+        self.retiring = keep
+        for r in gone:
+            await asyncio.to_thread(r.service.batcher.stop)
+            r.service.metrics.release()
+            self.released += 1
+        for model in self.models.values():
+            self._count(model)
+        give_back_memory()
+
+
+def model_name_of(path: Path) -> str:
+    """``--model-path``'s model name: the run name its manifest records (the folder's name while
+    a run folder has no checkpoint yet)."""
+    try:
+        chosen = VersionPolicy("best").choose(found_in(path))
+    except (OSError, ValueError):
+        chosen = []
+    if chosen:
+        return read_manifest(chosen[0].path).run_name
+    return path.name
+
+
+def give_back_memory() -> None:
+    """After a version is released: collect its cycles (PyTorch modules hold some) now, and give
+    the freed heap back to the OS (glibc's malloc_trim; elsewhere nothing to do)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
