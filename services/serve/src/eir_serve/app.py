@@ -27,12 +27,13 @@ from eir_serve.gate import BodyPool, GateConfig, RequestGate
 from eir_serve.grpc.server import grpc_service
 from eir_serve.loading import plan_models, start_models, version_loader
 from eir_serve.metrics import Metrics, MetricsMiddleware
-from eir_serve.repository import Registry, check_model_source
+from eir_serve.repository import Registry
 from eir_serve.routes import eir, ops, v2, web
 from eir_serve.routes import repository as repository_routes
 from eir_serve.runtime import describe
 from eir_serve.server import BodyTimeoutMiddleware, DrainingMiddleware
 from eir_serve.settings import Settings
+from eir_serve.versions import check_model_source
 from eir_serve.watch import RETIRE_MARGIN_S, watching
 
 log = logging.getLogger("eir_serve")

@@ -132,8 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_port_free(settings.host, settings.grpc_port)
         from eir_core.bundle import load_array_bundle, resolve_bundle_path
         from eir_serve.loading import plan_models
-        from eir_serve.repository import check_model_source, found_in
         from eir_serve.runtime import load_checked, resolve_runtime
+        from eir_serve.versions import check_model_source, found_in
 
         check_model_source(settings)
         plan_models(settings)  # the manifests, the runtime and the device, the flags naming models

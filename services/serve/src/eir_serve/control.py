@@ -18,7 +18,8 @@ from typing import Any
 
 from eir_serve.errors import ApiError
 from eir_serve.protocol import bad, registry
-from eir_serve.repository import Registry, models_in
+from eir_serve.repository import Registry
+from eir_serve.versions import models_in
 
 UNLOAD_PARAMETERS = {"unload_dependents"}  # Triton's; this server has no ensembles, so nothing depends
 

@@ -12,10 +12,11 @@ from typing import Any
 from eir_core.bundle import read_manifest, resolve_bundle_path
 from eir_core.errors import BundleError
 from eir_serve.metrics import Metrics
-from eir_serve.repository import Found, Loader, Model, Registry, VersionPolicy, found_in, models_in, policy_for
+from eir_serve.repository import Loader, Model, Registry
 from eir_serve.runtime import load_checked, resolve_runtime
 from eir_serve.service import ModelService, example_payload
 from eir_serve.settings import Settings
+from eir_serve.versions import Found, VersionPolicy, found_in, models_in, policy_for
 
 log = logging.getLogger("eir_serve")
 

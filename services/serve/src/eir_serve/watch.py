@@ -21,7 +21,8 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from eir_serve.repository import Model, Registry, models_in, policy_for
+from eir_serve.repository import Model, Registry
+from eir_serve.versions import models_in, policy_for
 
 log = logging.getLogger("eir_serve.watch")
 RETIRE_MARGIN_S = 2.0  # beyond the body deadline: the parse pool's queue, the route's own checks
