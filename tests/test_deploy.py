@@ -80,6 +80,11 @@ def gpu() -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
+def repository() -> dict[str, dict[str, Any]]:
+    return {d["kind"]: d for d in kustomize(DEPLOY / "kubernetes" / "repository")}
+
+
+@pytest.fixture(scope="module")
 def isvc() -> dict[str, Any]:
     docs = list(yaml.safe_load_all((DEPLOY / "kserve" / "inferenceservice.yaml").read_text()))
     assert len(docs) == 1
@@ -246,6 +251,25 @@ def test_kubernetes_wiring(cpu: dict[str, Any], gpu: dict[str, Any], isvc: dict[
     genv = {e["name"]: e.get("value") for e in g["env"]}
     assert genv["EIR_SERVE_DEVICE"] == "cuda"
     assert set(genv) == {e["name"] for e in c["env"]}  # the overlay changes the device, keeps the rest
+
+
+def test_the_repository_overlay_polls_a_shared_volume(cpu: dict[str, Any], repository: dict[str, Any]) -> None:
+    assert set(repository) == KINDS
+    for doc in repository.values():
+        validate(doc)
+    pod = repository["Deployment"]["spec"]["template"]["spec"]
+    assert "initContainers" not in pod  # the volume holds the user's models; nothing is trained into it
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert "EIR_SERVE_MODEL_PATH" not in env and env["EIR_SERVE_MODEL_REPOSITORY"] == mounts["models"]["mountPath"]
+    assert mounts["models"]["readOnly"] is True
+    settings = Settings(
+        **{k.removeprefix("EIR_SERVE_").lower(): v for k, v in env.items() if k.startswith("EIR_SERVE_")}
+    )
+    assert settings.model_control == "poll" and settings.model_repository is not None
+    assert repository["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    base_env = {e["name"] for e in cpu["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert base_env - set(env) == {"EIR_SERVE_MODEL_PATH"}  # the rest as in the base
 
 
 class _ComposeLoader(yaml.SafeLoader):

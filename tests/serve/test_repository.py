@@ -235,6 +235,11 @@ def test_readiness_all_or_any(repo: Path) -> None:
         assert r.status_code == 503 and "not a safetensors bundle" in r.json()["error"]
     with TestClient(create_app(_settings(repo, ready_when="any"))) as c:
         assert c.get("/ready").status_code == 200
+    shutil.rmtree(repo / "broken")
+    (repo / "training" / "saved_models").mkdir(parents=True)  # a run that has no checkpoint yet
+    with TestClient(create_app(_settings(repo))) as c:
+        assert c.get("/ready").status_code == 200
+        assert c.get("/v2/models/training/ready").status_code == 503
 
 
 def test_a_run_is_served_from_its_first_checkpoint(tmp_path: Path, checkpoints: list[Path]) -> None:

@@ -53,6 +53,7 @@ class Model:
     reason: str = "not loaded yet"
     wanted: bool = True  # explicit control: loaded on request, unloaded on request
     loading: frozenset[str] = frozenset()
+    empty: bool = False  # no file the policy picks (a run that has not written a checkpoint yet)
     failed: dict[Path, tuple[Stamp, str, str]] = field(default_factory=dict)  # path -> (stamp, version, reason)
 
 
@@ -118,8 +119,11 @@ class Registry:
         return [v.found.version for v in sorted(loaded, key=lambda v: v.found.number, reverse=True)]
 
     def ready(self) -> bool:
-        """The server's readiness (``--ready-when``): every wanted model serves, or any model does."""
-        serving = [m.default is not None for m in self.models.values() if m.wanted]
+        """The server's readiness (``--ready-when``): every wanted model serves, or any model does.
+        A repository's model with no file to serve yet (a run folder training has just made) does
+        not hold the server back; ``--model-path``'s one model always does."""
+        single = self.settings.model_path is not None
+        serving = [m.default is not None for m in self.models.values() if m.wanted and (single or not m.empty)]
         if self.ready_when == "any":
             return any(serving)
         return all(serving)
@@ -158,6 +162,7 @@ class Registry:
             chosen = model.policy.choose(await asyncio.to_thread(found_in, model.source))
         except (OSError, ValueError) as e:
             chosen, model.reason = [], str(e)
+        model.empty = not chosen
         new: dict[str, Version] = {}
         failed_any = False
         todo = []
