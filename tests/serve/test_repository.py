@@ -243,11 +243,11 @@ def test_readiness_all_or_any(repo: Path) -> None:
 
 
 def test_a_run_is_served_from_its_first_checkpoint(tmp_path: Path, checkpoints: list[Path]) -> None:
-    run = tmp_path / "run"
-    (run / "saved_models").mkdir(parents=True)
+    run = tmp_path / "run"  # not there yet: eirtrain makes it
     settings = Settings(model_path=run, device="cpu", model_control="poll", poll_interval_s=0.05)
     with TestClient(create_app(settings)) as c:
         assert c.get("/ready").status_code == 503
+        (run / "saved_models").mkdir(parents=True)
         r = c.post("/predict", json=[ITEM])
         assert r.status_code == 503 and "waiting for the first checkpoint" in r.json()["error"]["message"]
         place_checkpoint(run / "saved_models", checkpoints[0], 1)

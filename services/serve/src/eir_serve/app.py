@@ -58,7 +58,7 @@ def create_app(settings: Settings, predictor: Runner | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = Registry(
             app.state, settings, plan.models, plan.default, version_loader(app.state, settings, metrics), metrics,
-            settings.body_timeout_s + RETIRE_MARGIN_S,
+            RETIRE_MARGIN_S,
         )  # fmt: skip
         app.state.models = registry
         await start_models(registry, settings, plan, predictor, metrics)

@@ -46,7 +46,7 @@ def plan_models(settings: Settings) -> Plan:
     for name, source in on_disk.items():
         model = Model(name, source, policy_for(settings, name), wanted=name in wanted)
         if not model.wanted:
-            model.reason = "not loaded (--model-control explicit): POST /v2/repository/models/NAME/load"
+            model.reason = f"not loaded (--model-control explicit): POST /v2/repository/models/{name}/load"
         models[name] = model
     default = settings.default_model or next(iter(on_disk), None)
     example = None
@@ -70,8 +70,8 @@ def _loaded_at_start(settings: Settings, on_disk: dict[str, Path]) -> set[str]:
 
 
 def _plan_path(settings: Settings, path: Path) -> Plan:
-    waiting = settings.model_control == "poll" and path.is_dir() and not found_in(path)
-    if waiting:  # serve while training: the run has no checkpoint yet
+    waiting = settings.model_control == "poll" and not path.is_file() and not found_in(path)
+    if waiting:  # serve while training: the run has no checkpoint yet (or no folder: eirtrain makes it)
         model = Model(path.name, path, policy_for(settings, path.name))
         model.reason = f"waiting for the first checkpoint in {path}"
         return Plan({path.name: model}, path.name, None, f"Run `{path}` (waiting for its first checkpoint)")

@@ -159,9 +159,12 @@ class Registry:
 
     async def _sync(self, model: Model) -> bool:
         try:
-            chosen = model.policy.choose(await asyncio.to_thread(found_in, model.source))
+            found = await asyncio.to_thread(found_in, model.source)
         except (OSError, ValueError) as e:
-            chosen, model.reason = [], str(e)
+            found, model.reason = [], str(e)
+        chosen = model.policy.choose(found)
+        on_disk = {f.path for f in found}
+        model.failed = {p: why for p, why in model.failed.items() if p in on_disk}  # a removed file is forgotten
         model.empty = not chosen
         new: dict[str, Version] = {}
         failed_any = False
@@ -230,6 +233,7 @@ class Registry:
 
     def _retire(self, service: Any) -> None:
         service.metrics.set_ready(False)
+        service.successor = lambda: self.lookup(service.model, None)
         self.retiring.append(Retiring(service, time.monotonic()))
 
     def _count(self, model: Model) -> None:
@@ -282,6 +286,7 @@ class Registry:
             return
         self.retiring = keep
         for r in gone:
+            r.service.stopped = True  # before the batcher stops: a late request goes to the successor
             await asyncio.to_thread(r.service.batcher.stop)
             r.service.metrics.release()
             self.released += 1

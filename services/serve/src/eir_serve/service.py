@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -68,6 +68,11 @@ class ModelService:
         self.checkpoint: str | None = None  # the bundle's file name, for /info
         self.model = model  # the name and version requests use (repository.py)
         self.version = version
+        # Set by the registry when this version is stopped after it stopped serving: a request
+        # that looked it up before that (its body still arriving or being decoded) goes on to
+        # the version that serves now instead of failing.
+        self.stopped = False
+        self.successor: Callable[[], ModelService] | None = None
         self.settings = settings
         self.metrics = metrics.for_model(model, version)
         self.diffusion = predictor.diffusion
@@ -239,6 +244,8 @@ class ModelService:
         noise_scale: float | None = None,
     ) -> Request:
         """Start a diffusion request whose progress is reported (``progress(Progress)`` on this loop)."""
+        if self.stopped and self.successor is not None:
+            return self.successor().stream(items, seed, sampling, progress, every, noise_scale)
         assert isinstance(self.batcher, StepBatcher)
         scales = [self.settings.noise_scale if noise_scale is None else noise_scale] * len(items)
         try:
@@ -261,6 +268,8 @@ class ModelService:
         """``noise_scale`` and ``sampling`` (already checked by the route) override the server's and
         the bundle's for this request. ``disconnected``: an awaitable that completes when the client
         goes away; a diffusion request then leaves the step loop at its next step."""
+        if self.stopped and self.successor is not None:
+            return await self.successor().run(items, seed, noise_scale, sampling, disconnected)
         seeds = self._seeds(len(items), seed)
         scales = [self.settings.noise_scale if noise_scale is None else noise_scale] * len(items)
         try:

@@ -3,10 +3,12 @@
 Every ``--poll-interval-s`` (``poll``): the repository is listed again (a new folder is a new
 model, loaded at once; a folder that went away is unloaded), and every model that is meant to be
 loaded is synced with its files (``Registry.sync``: a new or better checkpoint is loaded beside
-the versions served and takes new requests; see repository.py). In every mode, versions swapped
-out or unloaded are stopped once no request can still hold them: a request reads its body within
-``--body-timeout-s`` and then queues at once, so a version is kept that long (plus a margin, and
-until its queue is empty) after it stopped taking new requests.
+the versions served and takes new requests; see repository.py). In every mode, a version swapped
+out or unloaded is stopped ``RETIRE_MARGIN_S`` after it stopped taking new requests, once its
+queue is empty (its batcher finishes what it has first). A request that looked it up before it
+stopped and reaches it after (its body was still arriving) is passed on to the version that
+serves then (``ModelService.successor``), so stopping early fails no request and keeps few
+versions in memory at once.
 
 This is how ``eirserve --model-path RUN_FOLDER --model-control poll`` serves a run while
 ``eirtrain`` writes it: ``/info`` says which checkpoint (``model.checkpoint``,
@@ -25,7 +27,7 @@ from eir_serve.repository import Model, Registry
 from eir_serve.versions import models_in, policy_for
 
 log = logging.getLogger("eir_serve.watch")
-RETIRE_MARGIN_S = 2.0  # beyond the body deadline: the parse pool's queue, the route's own checks
+RETIRE_MARGIN_S = 2.0  # after a version stops taking new requests: most of those holding it have queued
 HOUSEKEEPING_S = 1.0  # how often released versions are looked at when nothing polls
 
 
