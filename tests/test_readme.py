@@ -61,7 +61,7 @@ def test_the_tour_runs_as_written(tmp_path: Path) -> None:
     runner's own Session, then its eirserve line served (on a free port) and asked by its client
     line."""
     tour = [b for b in blocks() if "source .venv/bin/activate" in b.code]
-    serve = [b for b in blocks() if b.directive.background]
+    serve = [b for b in blocks() if b.directive.background and "runs/ae" in b.code]
     ask = [b for b in blocks() if "demo_client.py" in b.code]
     assert len(tour) == len(serve) == len(ask) == 1
     assert tour[0].directive.eirtrain_extra == "--globals.basic_experiment.n_epochs=2"
