@@ -117,6 +117,7 @@ def create_app(settings: Settings, predictor: Runner | None = None) -> FastAPI:
     app.include_router(eir.build_router(plan.example))
     app.include_router(v2.router)
     app.include_router(repository_routes.router)
+    app.router.routes[:0] = v2.FAST_ROUTES  # first: the protocol's infer, served without FastAPI's resolution
     app.include_router(ops.router)
     app.include_router(web.router)
     if settings.enable_echo:
