@@ -53,6 +53,8 @@ class JsonLimits:
 def check_cost(raw: bytes, limits: JsonLimits) -> None:
     """Refuse a body with more values or lists/objects than ``limits`` before it is parsed.
     Brackets and commas inside strings count too: an over-count, never an under-count."""
+    if len(raw) < min(limits.containers, limits.values):  # each takes a byte at least: cannot be over
+        return
     a = np.frombuffer(raw, dtype=np.uint8)
     containers = int(np.count_nonzero(a == ord("["))) + int(np.count_nonzero(a == ord("{")))
     if containers > limits.containers:

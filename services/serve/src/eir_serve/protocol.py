@@ -78,6 +78,22 @@ class TensorSpec:
 
 
 def input_specs(service: ModelService) -> dict[str, TensorSpec]:
+    """The model's input tensors (made once per loaded version; callers do not change them)."""
+    return _specs(service)[0]
+
+
+def output_specs(service: ModelService) -> dict[str, TensorSpec]:
+    return _specs(service)[1]
+
+
+def _specs(service: ModelService) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
+    specs: tuple[dict[str, TensorSpec], dict[str, TensorSpec]] | None = service.protocol_specs
+    if specs is None:
+        specs = service.protocol_specs = (_input_specs(service), _output_specs(service))
+    return specs
+
+
+def _input_specs(service: ModelService) -> dict[str, TensorSpec]:
     specs: dict[str, TensorSpec] = {}
     for name, e in service.inputs.items():
         if isinstance(e, ArrayInput):
@@ -90,7 +106,7 @@ def input_specs(service: ModelService) -> dict[str, TensorSpec]:
     return specs
 
 
-def output_specs(service: ModelService) -> dict[str, TensorSpec]:
+def _output_specs(service: ModelService) -> dict[str, TensorSpec]:
     return {n: TensorSpec(n, "FP32", o.shape, n) for n, o in service.outputs.items()}
 
 

@@ -74,6 +74,7 @@ class ModelService:
         # that looked it up before that (its body still arriving or being decoded) goes on to
         # the version that serves now instead of failing.
         self.stopped = False
+        self.protocol_specs: tuple[Any, Any] | None = None  # protocol.py's tensors of this model, made once
         self.successor: Callable[[], ModelService] | None = None
         self.settings = settings
         self.metrics = metrics.for_model(model, version)

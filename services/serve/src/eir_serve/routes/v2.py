@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pydantic_core
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
@@ -281,6 +282,8 @@ def _answer(
     if request_id is not None:
         answer["id"] = request_id
     if not raws:
+        if all(np.isfinite(a).all() for a in arrays.values()):  # JSON has no NaN: those keep the checked path
+            return Response(pydantic_core.to_json(answer), media_type="application/json")  # ~3x json.dumps
         return JSONResponse(answer)
     header = json.dumps(answer, separators=(",", ":")).encode()
     return Response(
