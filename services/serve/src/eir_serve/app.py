@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from eir_core.inference import Runner
 from eir_serve import __version__
 from eir_serve.auth import check_bearer, resolve_api_key
+from eir_serve.batcher import Arrivals
 from eir_serve.errors import (
     ApiError,
     api_error_handler,
@@ -110,7 +111,9 @@ def create_app(settings: Settings, predictor: Runner | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)
-    app.add_middleware(RequestGate, config=GateConfig(api_key, settings.max_body_bytes, app.state.body_pool))
+    app.state.arrivals = Arrivals()  # requests on their way to a batcher (adaptive batching)
+    gate = GateConfig(api_key, settings.max_body_bytes, app.state.body_pool, app.state.arrivals)
+    app.add_middleware(RequestGate, config=gate)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
     app.add_middleware(DrainingMiddleware, state=app.state)

@@ -20,6 +20,7 @@ Media types (parameters such as ``charset`` allowed, case-insensitive):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from eir_serve.auth import CHALLENGE, check_bearer
+from eir_serve.batcher import Arrivals
 from eir_serve.errors import ApiError, error_body
 
 INFER_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
@@ -89,6 +91,7 @@ class GateConfig:
     api_key: str | None
     max_body_bytes: int
     pool: BodyPool
+    arrivals: Arrivals | None = None  # requests admitted on the inference routes, until they queue
 
 
 def body_route(scope: Scope) -> tuple[str, ...] | None:
@@ -148,8 +151,10 @@ class RequestGate:
                 extra += n
             return message
 
+        arriving = self.config.arrivals.arriving() if self.config.arrivals and types is not CONTROL_TYPES else None
         try:
-            await self.app(scope, counted_receive, send)
+            with arriving or contextlib.nullcontext():
+                await self.app(scope, counted_receive, send)
         finally:
             pool.give(reserved + extra)
 

@@ -97,7 +97,7 @@ def version_loader(state: Any, settings: Settings, metrics: Metrics) -> Loader:
     def load(name: str, found: Found) -> ModelService:
         chosen = later if state.ready else settings
         runner = load_checked(chosen, found.path, resolve_runtime(chosen, found.path))
-        service = ModelService(runner, settings, metrics, name, found.version)
+        service = ModelService(runner, settings, metrics, name, found.version, state.arrivals)
         service.checkpoint = found.path.name
         service.batcher.start()
         return service
@@ -113,7 +113,7 @@ async def start_models(
     if predictor is not None and settings.model_path is not None:
         (model,) = plan.models.values()
         (best,) = VersionPolicy("best").choose(found_in(model.source))  # what the CLI loaded
-        service = ModelService(predictor, settings, metrics, model.name, best.version)
+        service = ModelService(predictor, settings, metrics, model.name, best.version, registry.state.arrivals)
         service.checkpoint = best.path.name
         service.batcher.start()
         registry.adopt(model.name, best, service)

@@ -17,7 +17,7 @@ from eir_core.diffusion_sampling import SamplingParams, resolve_params
 from eir_core.errors import InputError
 from eir_core.inference import Runner
 from eir_core.manifest import ArrayInput, Manifest, TabularInput
-from eir_serve.batcher import Batcher, QueueFull
+from eir_serve.batcher import Arrivals, Batcher, QueueFull
 from eir_serve.body import JsonLimits
 from eir_serve.body import read_json_body as read_json_body  # routes import it from here
 from eir_serve.codec import CodecError, decode_array, encode_array
@@ -64,7 +64,13 @@ def json_limits(inputs: Mapping[str, ArrayInput | TabularInput], max_items: int)
 
 class ModelService:
     def __init__(
-        self, predictor: Runner, settings: Settings, metrics: Metrics, model: str = "", version: str = "1"
+        self,
+        predictor: Runner,
+        settings: Settings,
+        metrics: Metrics,
+        model: str = "",
+        version: str = "1",
+        arrivals: Arrivals | None = None,
     ) -> None:
         self.predictor = predictor
         self.checkpoint: str | None = None  # the bundle's file name, for /info
@@ -97,6 +103,8 @@ class ModelService:
                 settings.max_queue,
                 on_batch=self.metrics.batch_size.observe,
                 on_depth=self.metrics.queue_depth.set,
+                arrivals=arrivals,
+                batch_wait_s=settings.batch_wait_ms / 1000,
             )
         self.inputs = predictor.inputs
         self.outputs = predictor.outputs

@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     batch_timeout_ms: float = Field(
         0.0, ge=0, description="how long the first item of a batch waits for more (0: take what is queued)"
     )
+    batch_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="adaptive batching: past --batch-timeout-ms, how long a batch may wait at most for requests "
+        "already on their way (body being read or decoded); it never waits when none is (a lone client); 0: off",
+    )
     max_queue: int = Field(1024, ge=1, description="items waiting at most; past that /predict answers 503")
     max_body_bytes: int = Field(8_000_000, ge=1024, description="larger request bodies get 413")
     max_inflight_body_bytes: int = Field(
