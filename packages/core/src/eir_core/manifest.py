@@ -46,7 +46,7 @@ class ArrayInput(_Model):
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.shape))
+        return math.prod(self.shape)  # not np.prod: 0.3 instead of 3-12 us, checked for every item served
 
 
 class TabularInput(_Model):
