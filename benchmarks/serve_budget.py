@@ -36,8 +36,6 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(Path(__file__).parent))  # serve_load imports proctree from beside it
 _spec = importlib.util.spec_from_file_location("serve_load", Path(__file__).with_name("serve_load.py"))
 assert _spec is not None and _spec.loader is not None
@@ -153,11 +151,7 @@ def main() -> None:
                 print(route, json.dumps(result["routes"][route]), flush=True)
         finally:
             server.stop()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serve_budget.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = render(result)
-    (RESULTS / "serve_budget.md").write_text(md)
-    print(md)
+    sl.write_results("serve_budget", result, render)
 
 
 def render(r: dict[str, Any]) -> str:

@@ -61,6 +61,15 @@ CONCURRENCY = (1, 8, 32, 64)
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def write_results(name: str, result: dict[str, Any], render: Callable[[dict[str, Any]], str]) -> None:
+    """benchmarks/results/NAME.json (the raw figures) and NAME.md (``render``'s report), and print the report."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = render(result)
+    (RESULTS / f"{name}.md").write_text(md)
+    print(md)
+
+
 def git_commit() -> str:
     r = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True)
     return r.stdout.strip() or "unknown"
