@@ -201,6 +201,17 @@ def test_load_and_unload_need_explicit_control_and_the_key(repo: Path) -> None:
         assert r.status_code == 403  # a page on another site cannot drive the repository
         r = c.post("/v2/repository/index", headers=auth, json={"ready": "yes"})
         assert r.status_code == 400 and r.json() == {"error": "'ready': expected true or false, got 'yes'"}
+        # Bounded before the key and before the body: a large body without the key is a 401 from the
+        # headers; with it, past 64 KiB is a 413, and a small body of too many values is refused unparsed.
+        big = b"[" + b"0," * 40_000 + b"0]"
+        assert (
+            c.post("/v2/repository/index", content=big, headers={"content-type": "application/json"}).status_code == 401
+        )
+        r = c.post("/v2/repository/index", content=big, headers={**auth, "content-type": "application/json"})
+        assert r.status_code == 413 and "over the limit" in r.json()["error"]
+        many = b"[" + b"0," * 5_000 + b"0]"
+        r = c.post("/v2/repository/index", content=many, headers={**auth, "content-type": "application/json"})
+        assert r.status_code == 413 and "too large a JSON document" in r.json()["error"]
 
 
 # ------------------------------------------------------------------ poll, broken files, readiness

@@ -26,7 +26,7 @@ from eir_serve.errors import (
 )
 from eir_serve.gate import BodyPool, GateConfig, RequestGate
 from eir_serve.grpc.server import grpc_service
-from eir_serve.loading import plan_models, start_models, version_loader
+from eir_serve.loading import Plan, plan_models, start_models, version_loader
 from eir_serve.metrics import Metrics, MetricsMiddleware
 from eir_serve.repository import Registry
 from eir_serve.routes import eir, ops, v2, web
@@ -40,12 +40,12 @@ from eir_serve.watch import RETIRE_MARGIN_S, watching
 log = logging.getLogger("eir_serve")
 
 
-def create_app(settings: Settings, predictor: Runner | None = None) -> FastAPI:
+def create_app(settings: Settings, predictor: Runner | None = None, plan: Plan | None = None) -> FastAPI:
     """``predictor``: the model of ``--model-path``, already loaded and checked
     (``runtime.load_checked``, as ``eirserve`` does before it listens); without it the lifespan
     loads the models (repository.py)."""
     check_model_source(settings)
-    plan = plan_models(settings)
+    plan = plan or plan_models(settings)  # eirserve made it already, before the port was bound
     api_key = resolve_api_key(settings)
     metrics = Metrics()
 
@@ -94,7 +94,7 @@ def create_app(settings: Settings, predictor: Runner | None = None) -> FastAPI:
     app = FastAPI(
         title="eirserve",
         version=__version__,
-        description=f"{plan.describe()}. EIR-compatible `/predict` and `/info`, Open Inference Protocol under "
+        description=f"{plan.where}. EIR-compatible `/predict` and `/info`, Open Inference Protocol under "
         "`/v2` (with the model-repository extension), `/health`, `/ready`, `/metrics`.",
         lifespan=lifespan,
     )

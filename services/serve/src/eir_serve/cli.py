@@ -130,17 +130,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.warning("%s", short_of_files)
         if settings.grpc_port:
             check_port_free(settings.host, settings.grpc_port)
-        from eir_core.bundle import load_array_bundle, resolve_bundle_path
+        from eir_core.bundle import load_array_bundle
         from eir_serve.loading import plan_models
-        from eir_serve.runtime import load_checked, resolve_runtime
-        from eir_serve.versions import check_model_source, found_in
+        from eir_serve.runtime import load_checked
+        from eir_serve.versions import check_model_source
 
         check_model_source(settings)
-        plan_models(settings)  # the manifests, the runtime and the device, the flags naming models
+        plan = plan_models(settings)  # the manifests, the runtime and the device, the flags naming models
         # --model-path with a bundle (not a run that has none yet): loaded here, before the port listens.
-        bundle_path = None
-        if settings.model_path is not None and found_in(settings.model_path):
-            bundle_path = resolve_bundle_path(settings.model_path)
+        bundle_path = plan.bundle
         if bundle_path is not None and settings.workers > 1:  # the supervisor checks it with NumPy alone
             from eir_core.bundle import has_graph, read_manifest
 
@@ -162,10 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # the whole bundle, loaded and run once while the port is bound but not listening
         from eir_serve.app import create_app
 
-        if bundle_path is not None:
-            app = create_app(settings, load_checked(settings, bundle_path, resolve_runtime(settings, bundle_path)))
+        if bundle_path is not None and plan.runtime is not None:
+            app = create_app(settings, load_checked(settings, bundle_path, plan.runtime), plan)
         else:  # a repository, or a run waiting for its first checkpoint: the lifespan loads what there is
-            app = create_app(settings)
+            app = create_app(settings, plan=plan)
     except (EirError, ValueError) as e:
         sock.close()
         print(f"eirserve: error: {e}", file=sys.stderr)

@@ -12,6 +12,7 @@ Triton documents it (index, load, unload), shared by HTTP (routes/repository.py)
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,6 @@ from eir_serve.repository import Registry
 from eir_serve.versions import models_in
 
 UNLOAD_PARAMETERS = {"unload_dependents"}  # Triton's; this server has no ensembles, so nothing depends
-
-
-def _registry(state: Any) -> Registry:
-    models: Registry = registry(state)
-    return models
 
 
 def _explicit(state: Any, what: str) -> None:
@@ -42,33 +38,35 @@ def _explicit(state: Any, what: str) -> None:
 def index(state: Any, ready_only: Any = False) -> list[dict[str, str]]:
     if not isinstance(ready_only, bool):
         raise bad(f"'ready': expected true or false, got {ready_only!r}")
-    return _registry(state).index(ready_only)
+    return registry(state).index(ready_only)  # type: ignore[no-any-return]
 
 
 async def load(state: Any, name: str, parameters: Mapping[str, Any]) -> None:
-    registry = _registry(state)
+    models: Registry = registry(state)
     _explicit(state, "loading a model")
-    for key in parameters:
+    if parameters:
+        key = next(iter(parameters))
         what = "a model configuration" if key == "config" else "model files" if key.startswith("file:") else "it"
         raise bad(f"load parameter {key!r}: this server cannot take {what}; put the bundle in the repository")
     source = None
-    if name not in registry.models:
+    if name not in models.models:
         repository = state.settings.model_repository
-        source = models_in(Path(repository)).get(name) if repository is not None else None
+        if repository is not None:
+            source = (await asyncio.to_thread(models_in, Path(repository))).get(name)
         if source is None:
             where = f"the repository {repository}" if repository is not None else "this server (--model-path)"
             raise ApiError(404, "not_found", f"no model {name!r} in {where}")
-    model = await registry.reload(name, source)
+    model = await models.reload(name, source)
     if model.default is None:
         raise bad(f"failed to load {name!r}: {model.reason}")
 
 
 async def unload(state: Any, name: str, parameters: Mapping[str, Any]) -> None:
-    registry = _registry(state)
+    models: Registry = registry(state)
     _explicit(state, "unloading a model")
     unknown = sorted(set(parameters) - UNLOAD_PARAMETERS)
     if unknown:
         raise bad(f"unload parameter {unknown[0]!r}: unknown; this server takes {', '.join(sorted(UNLOAD_PARAMETERS))}")
-    if name not in registry.models:
-        raise ApiError(404, "not_found", f"unknown model {name!r}; this server's models: {', '.join(registry.models)}")
-    await registry.unload(name)
+    if name not in models.models:
+        raise ApiError(404, "not_found", f"unknown model {name!r}; this server's models: {', '.join(models.models)}")
+    await models.unload(name)

@@ -26,10 +26,9 @@ class Plan:
     models: dict[str, Model]
     default: str | None  # the model of /predict, /info and the web page
     example: list[dict[str, Any]] | None  # a /predict body the default model accepts (for /docs)
-    where: str
-
-    def describe(self) -> str:
-        return self.where
+    where: str  # for the OpenAPI description
+    bundle: Path | None = None  # --model-path's checkpoint as it stands now (None: a repository, or no checkpoint yet)
+    runtime: str | None = None  # what runs that bundle
 
 
 def plan_models(settings: Settings) -> Plan:
@@ -84,7 +83,8 @@ def _plan_path(settings: Settings, path: Path) -> Plan:
         resolve_device(settings.device)
     name = manifest.run_name
     model = Model(name, path, policy_for(settings, name))
-    return Plan({name: model}, name, example_payload(manifest), f"Model `{name}` from `{bundle.name}`")
+    where = f"Model `{name}` from `{bundle.name}`"
+    return Plan({name: model}, name, example_payload(manifest), where, bundle, runtime)
 
 
 def version_loader(state: Any, settings: Settings, metrics: Metrics) -> Loader:

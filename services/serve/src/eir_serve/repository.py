@@ -197,8 +197,6 @@ class Registry:
             new[f.version] = Version(f, service)
             service.metrics.set_ready(True)
             log.info("model %s: version %s ready (%s)", model.name, f.version, f.path.name)
-        if not chosen and not model.versions and model.state != "UNAVAILABLE":
-            model.state = "UNAVAILABLE"
         keep_old = failed_any or not new  # a version goes only once what replaces it works
         for v, old in model.versions.items():
             if new.get(v) is old:

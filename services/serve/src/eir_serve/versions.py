@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from eir_core.manifest import checkpoints_in
+from eir_core.manifest import checkpoints_in, parse_checkpoint_name
 
 log = logging.getLogger("eir_serve.repository")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # what may stand in a URL path segment
@@ -42,9 +42,7 @@ def found_in(source: Path) -> list[Found]:
     """The versions in a run folder, bundle folder or bundle file (none when it is empty)."""
     if source.is_file():
         stamp = _stamp(source)
-        checkpoints = checkpoints_in(source.parent)
-        mine = [(perf, it) for perf, it, p in checkpoints if p == source]
-        perf, number = mine[0] if mine else (0.0, 1)
+        number, perf = parse_checkpoint_name(source.name) or (1, 0.0)
         return [Found(str(number), number, perf, source, stamp)] if stamp else []
     folder = source / "saved_models" if (source / "saved_models").is_dir() else source
     found = []
@@ -149,7 +147,8 @@ def check_model_source(settings: Any) -> None:
             f"--model-control explicit with --workers {settings.workers}: a load or unload request reaches one "
             "worker only; use --model-control poll, or one worker"
         )
-    VersionPolicy.parse(settings.version_policy) if settings.version_policy != "auto" else None
+    if settings.version_policy != "auto":
+        VersionPolicy.parse(settings.version_policy)
     for name, text in settings.model_version_policies.items():
         VersionPolicy.parse(text, f"--model-version-policies {name!r}:")
 
